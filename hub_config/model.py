@@ -1,0 +1,262 @@
+"""The workbench's domain, as one typed model.
+
+Projects, their members and approvals, compute profiles, admins, the dataset catalogue and
+the archive connection live in one declarative YAML file (see ``workbench.yaml``). Every
+part of the workbench (hub, spawners, sample gateway, CLIs) reads it through
+:func:`hub_config.loader.load_config`, so a rule such as "this profile is for these projects"
+is written once. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+Slug = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$"),
+]
+"""Lower-case ids used in URLs, job names, paths and environment values."""
+
+Username = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?\s*$", re.IGNORECASE)
+_SIZE_FACTORS = {
+    "": 1,
+    "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+    "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4,
+}
+
+
+def parse_bytes(value: str | int) -> int:
+    """'4G', '512Mi', '2 GB' or a plain integer -> bytes (G means GiB, as Nomad and Docker read it)."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size such as '4G', '512M' or '2Gi'")
+    number, unit = match.groups()
+    unit = (unit or "").lower()
+    # JupyterHub's own convention (Spawner.mem_limit): K, M, G, T are binary.
+    if unit in {"k", "m", "g", "t"}:
+        unit += "i"
+    return int(float(number) * _SIZE_FACTORS[unit])
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in the YAML must not silently drop a rule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Approval(_Strict):
+    reference: str = Field(min_length=1, description="Ethics/DPIA/data-use approval reference.")
+    expires: dt.date = Field(description="Last day on which the approval is valid.")
+
+    def valid_on(self, day: dt.date) -> bool:
+        return day <= self.expires
+
+
+class SampleLimits(_Strict):
+    """How much a project may pull from the archive (the gateway enforces these)."""
+
+    max_studies_per_pull: int = Field(5, ge=1)
+    max_instances_per_pull: int = Field(500, ge=1)
+    max_bytes_per_pull: int = Field(parse_bytes("2G"), ge=1)
+    max_studies_per_day: int = Field(50, ge=1)
+
+    @field_validator("max_bytes_per_pull", mode="before")
+    @classmethod
+    def _size(cls, value: str | int) -> int:
+        return parse_bytes(value)
+
+
+class ArchiveAccess(_Strict):
+    enabled: bool = False
+    modalities: list[str] | None = Field(
+        None, description="Modalities this project may pull; None means any."
+    )
+    allow_burned_in_annotation: bool = Field(
+        False,
+        description="Whether the approval covers images that may carry text in the pixels.",
+    )
+    limits: SampleLimits = SampleLimits()
+
+
+class Budget(_Strict):
+    """Loaned compute per period (issue 4 enforces; declared here so the YAML is stable)."""
+
+    period: Literal["month", "week", "quarter"] = "month"
+    gpu_hours: float | None = Field(None, ge=0)
+    cpu_core_hours: float | None = Field(None, ge=0)
+    max_concurrent_gpus: int | None = Field(None, ge=0)
+    max_concurrent_servers: int | None = Field(None, ge=0)
+    per_user_gpu_hours: float | None = Field(None, ge=0)
+    per_user_cpu_core_hours: float | None = Field(None, ge=0)
+
+
+class Project(_Strict):
+    id: Slug
+    title: str = Field(min_length=1)
+    department: str | None = None
+    members: list[Username] = Field(default_factory=list)
+    approval: Approval
+    datasets: list[Slug] = Field(default_factory=list)
+    archive: ArchiveAccess = ArchiveAccess()
+    budget: Budget | None = None
+
+    def approval_valid_on(self, day: dt.date) -> bool:
+        return self.approval.valid_on(day)
+
+
+class Profile(_Strict):
+    slug: Slug
+    name: str = Field(min_length=1)
+    description: str = ""
+    cpu: float = Field(gt=0, description="CPU cores guaranteed to the server.")
+    memory: int = Field(description="Memory limit in bytes; accepts '4G', '512M'.")
+    gpus: int = Field(0, ge=0)
+    projects: list[Slug] | Literal["*"] = Field(
+        "*", description="Projects that may use this profile; '*' means every project."
+    )
+    idle_timeout_minutes: int | None = Field(None, ge=1)
+    nomad: dict[str, object] = Field(
+        default_factory=dict,
+        description="Nomad placement for this profile (image, datacenters, node pool, ...).",
+    )
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: str | int) -> int:
+        return parse_bytes(value)
+
+    def allows(self, project_id: str) -> bool:
+        return self.projects == "*" or project_id in self.projects
+
+
+class Dataset(_Strict):
+    id: Slug
+    title: str
+    path: str = Field(description="Where the dataset lives on the storage the servers see.")
+    description: str = ""
+
+
+class DimseEndpoint(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    called_aet: str = Field(max_length=16)
+    calling_aet: str = Field("WBGATEWAY", max_length=16)
+
+
+class ArchiveConnection(_Strict):
+    """How the sample gateway reaches the PACS. Only the gateway reads the credentials."""
+
+    name: str = "RIPA"
+    dicomweb_url: str | None = Field(None, description="Base URL of the DICOMweb service.")
+    credentials_file: str | None = Field(
+        None,
+        description="File holding 'user:password' for the archive; kept out of this YAML.",
+    )
+    dimse: DimseEndpoint | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _needs_an_integration(self) -> ArchiveConnection:
+        if not self.dicomweb_url and not self.dimse:
+            raise ValueError("set dicomweb_url or dimse: the gateway needs a way to the archive")
+        return self
+
+
+class WorkbenchConfig(_Strict):
+    admins: list[Username] = Field(default_factory=list)
+    archive: ArchiveConnection | None = None
+    profiles: list[Profile] = Field(min_length=1)
+    projects: list[Project] = Field(default_factory=list)
+    datasets: list[Dataset] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> WorkbenchConfig:
+        problems = cross_reference_problems(self)
+        if problems:
+            raise CrossReferenceError(problems)
+        return self
+
+    # Look-ups used by the spawners and services -------------------------------------------
+    def project(self, project_id: str) -> Project | None:
+        return next((p for p in self.projects if p.id == project_id), None)
+
+    def profile(self, slug: str) -> Profile | None:
+        return next((p for p in self.profiles if p.slug == slug), None)
+
+    def dataset(self, dataset_id: str) -> Dataset | None:
+        return next((d for d in self.datasets if d.id == dataset_id), None)
+
+    def projects_of(self, username: str) -> list[Project]:
+        return [p for p in self.projects if username in p.members]
+
+    def profiles_for(self, project_id: str) -> list[Profile]:
+        return [p for p in self.profiles if p.allows(project_id)]
+
+    def all_users(self) -> set[str]:
+        users = set(self.admins)
+        for project in self.projects:
+            users.update(project.members)
+        return users
+
+
+Loc = tuple[str | int, ...]
+
+
+class CrossReferenceError(ValueError):
+    """Broken references between sections, each with the path of the offending field."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(message for _, message in problems))
+
+
+def cross_reference_problems(config: WorkbenchConfig) -> list[tuple[Loc, str]]:
+    """Ids that repeat or point nowhere, as (field path, message) pairs."""
+    problems: list[tuple[Loc, str]] = []
+    for section, key in (("profiles", "slug"), ("projects", "id"), ("datasets", "id")):
+        seen: set[str] = set()
+        for index, item in enumerate(getattr(config, section)):
+            value = getattr(item, key)
+            if value in seen:
+                problems.append(((section, index, key), f"{key} {value!r} appears more than once"))
+            seen.add(value)
+    project_ids = {p.id for p in config.projects}
+    dataset_ids = {d.id for d in config.datasets}
+    for index, profile in enumerate(config.profiles):
+        if profile.projects != "*":
+            for pos, pid in enumerate(profile.projects):
+                if pid not in project_ids:
+                    problems.append(
+                        (("profiles", index, "projects", pos), f"project {pid!r} is not defined")
+                    )
+    for index, project in enumerate(config.projects):
+        for pos, did in enumerate(project.datasets):
+            if did not in dataset_ids:
+                problems.append(
+                    (("projects", index, "datasets", pos), f"dataset {did!r} is not in datasets")
+                )
+        if project.archive.enabled and config.archive is None:
+            problems.append(
+                (
+                    ("projects", index, "archive", "enabled"),
+                    "this project may pull from the archive, but no archive is configured",
+                )
+            )
+    return problems
