@@ -121,6 +121,78 @@ class Project(_Strict):
         return self.approval.valid_on(day)
 
 
+class NomadConstraint(_Strict):
+    """One Nomad constraint, as in a job file: ``attribute operator value``."""
+
+    attribute: str = Field(
+        min_length=1,
+        description="Node property to test, e.g. '${attr.kernel.name}', '${meta.gpu_class}', "
+        "'${node.class}'.",
+    )
+    operator: Literal[
+        "=", "!=", ">", ">=", "<", "<=", "regexp", "set_contains", "set_contains_any",
+        "version", "semver", "is_set", "is_not_set", "distinct_hosts", "distinct_property",
+    ] = Field("=", description="Nomad constraint operator.")
+    value: str = Field("", description="Right-hand side; empty for is_set / is_not_set.")
+
+
+class GpuPlacement(_Strict):
+    """Which GPUs a GPU profile may use (only read when the profile asks for GPUs)."""
+
+    vendor: str = Field("nvidia", min_length=1, description="Device plugin vendor ('nvidia').")
+    model: str | None = Field(
+        None,
+        description="GPU model as the device plugin reports it (${device.model}), e.g. "
+        "'NVIDIA H100 80GB HBM3'; None accepts any model.",
+    )
+    min_memory: int | None = Field(
+        None,
+        description="Least GPU memory per device ('16G', '40Gi'); None accepts any size.",
+    )
+
+    @field_validator("min_memory", mode="before")
+    @classmethod
+    def _memory(cls, value: str | int | None) -> int | None:
+        return None if value is None else parse_bytes(value)
+
+
+class NomadPlacement(_Strict):
+    """Where and how a profile's servers run on Nomad. Empty fields use the spawner's defaults."""
+
+    image: str | None = Field(
+        None,
+        description="Container image for the docker driver, e.g. "
+        "'quay.io/jupyter/scipy-notebook:2025-06-02'; None: the spawner's default image.",
+    )
+    driver: Literal["docker", "raw_exec", "exec"] | None = Field(
+        None,
+        description="Task driver. 'docker' isolates servers and mounts volumes; 'exec' is an "
+        "isolated chroot; 'raw_exec' runs unisolated on the node (development only).",
+    )
+    datacenters: list[str] = Field(
+        default_factory=list, description="Datacenters the server may run in; empty: the spawner's."
+    )
+    node_pool: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="Nomad node pool (Nomad 1.6+), e.g. 'gpu'; None: the spawner's.",
+    )
+    namespace: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9-]{1,128}$",
+        description="Nomad namespace for this profile's jobs; None: the spawner's namespace.",
+    )
+    priority: int | None = Field(
+        None, ge=1, le=100, description="Job priority (1-100; Nomad's default is 50)."
+    )
+    constraints: list[NomadConstraint] = Field(
+        default_factory=list, description="Extra placement constraints for this profile."
+    )
+    gpu: GpuPlacement = Field(
+        default_factory=GpuPlacement, description="GPU model and memory requirements."
+    )
+
+
 class Profile(_Strict):
     slug: Slug
     name: str = Field(min_length=1)
@@ -132,9 +204,10 @@ class Profile(_Strict):
         "*", description="Projects that may use this profile; '*' means every project."
     )
     idle_timeout_minutes: int | None = Field(None, ge=1)
-    nomad: dict[str, object] = Field(
-        default_factory=dict,
-        description="Nomad placement for this profile (image, datacenters, node pool, ...).",
+    nomad: NomadPlacement = Field(
+        default_factory=NomadPlacement,
+        description="Nomad placement for this profile (image, driver, datacenters, node pool, "
+        "constraints, GPU model/memory, namespace, priority); empty uses the spawner's defaults.",
     )
 
     @field_validator("memory", mode="before")
