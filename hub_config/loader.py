@@ -6,6 +6,7 @@ projects[1].approval.expires = '2026-13-01': ...``, not a pydantic traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,40 @@ def load_config(path: str | os.PathLike[str] | None = None) -> WorkbenchConfig:
     except OSError as exc:
         raise ConfigError([ConfigProblem(str(source), None, "", _MISSING, f"cannot read: {exc}")])
     return parse_config(text, str(source))
+
+
+_cache: dict[Path, tuple[float, WorkbenchConfig]] = {}
+
+
+def cached_config(
+    path: str | os.PathLike[str] | None = None, log: logging.Logger | None = None
+) -> WorkbenchConfig:
+    """The configuration, re-read when the file changes.
+
+    Long-running parts (hub, gateway) call this on each use so that an admin's edit applies
+    without a restart. An edit that does not validate is logged and the last good version
+    stays in force; the first read must succeed.
+    """
+    source = config_path(path).resolve()
+    try:
+        mtime = source.stat().st_mtime
+    except OSError:
+        mtime = -1.0
+    cached = _cache.get(source)
+    if cached and cached[0] == mtime:
+        return cached[1]
+    try:
+        config = load_config(source)
+    except ConfigError as exc:
+        if cached is None:
+            raise
+        (log or logging.getLogger(__name__)).error(
+            "%s; keeping the configuration read before", exc
+        )
+        _cache[source] = (mtime, cached[1])
+        return cached[1]
+    _cache[source] = (mtime, config)
+    return config
 
 
 def parse_config(text: str, source: str = "<string>") -> WorkbenchConfig:

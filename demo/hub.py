@@ -1,0 +1,129 @@
+"""Run the workbench's JupyterHub as a child process (the demo and the tests use this).
+
+The proxy answers on the public port before the hub is ready, so readiness means
+``/hub/api/`` returning JSON through the proxy, not an open port.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+HUB_CONFIG = ROOT / "hub_config" / "jupyterhub_config.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_demo_passwords(path: Path) -> dict[str, str]:
+    """Random demo passwords (user and admin), created once with mode 0600."""
+    if path.exists():
+        return dict(line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    passwords = {"user": secrets.token_urlsafe(9), "admin": secrets.token_urlsafe(24)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("".join(f"{k}:{v}\n" for k, v in passwords.items()))
+    return passwords
+
+
+@dataclass
+class HubProcess:
+    """A JupyterHub started from ``hub_config/jupyterhub_config.py``."""
+
+    data_dir: Path
+    workbench_yaml: Path
+    hub_port: int = field(default_factory=free_port)
+    api_port: int = field(default_factory=free_port)
+    proxy_api_port: int = field(default_factory=free_port)
+    gateway_port: int = field(default_factory=free_port)
+    extra_config: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.hub_port}"
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            WORKBENCH_CONFIG=str(Path(self.workbench_yaml).resolve()),
+            WORKBENCH_DATA_DIR=str(Path(self.data_dir).resolve()),
+            WORKBENCH_HUB_PORT=str(self.hub_port),
+            WORKBENCH_HUB_API_PORT=str(self.api_port),
+            WORKBENCH_PROXY_API_PORT=str(self.proxy_api_port),
+            WORKBENCH_GATEWAY_PORT=str(self.gateway_port),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        )
+        if self.extra_config:
+            env["WORKBENCH_EXTRA_CONFIG"] = str(self.extra_config)
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path or self.data_dir / "hub.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(HUB_CONFIG)],
+            cwd=self.data_dir,
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.log_path = log_path
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"JupyterHub exited ({self.process.returncode}):\n{self.log_tail()}")
+            try:
+                response = httpx.get(f"{self.url}/hub/api/", timeout=2)
+                if response.status_code == 200 and "version" in response.json():
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"JupyterHub not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the hub's process group (hub, proxy, managed services, local servers)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def kill_hub_only(self) -> None:
+        """Kill the hub process alone (proxy and servers stay): a crash, for restart tests."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

@@ -1,0 +1,132 @@
+"""The embedded default: user servers as local processes on the hub's machine.
+
+For a laptop, a demo or CI. All servers run as the hub's own Unix user, so local mode
+gives no isolation between users' files; production places servers with Nomad
+(:mod:`spawners.nomad`), where each server is its own container with only its project's
+volumes. The README states these limits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from jupyterhub.spawner import LocalProcessSpawner
+from traitlets import Int, List, Unicode, default
+
+from datasets_mount.local import link_datasets
+from hub_config.model import Profile
+
+from .workbench import WorkbenchSpawnerMixin
+
+
+class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
+    """Spawns ``jupyterhub-singleuser`` as a child process, in the user's workbench home."""
+
+    local_gpus = Int(
+        0,
+        config=True,
+        help="""GPUs this machine can give servers. Profiles asking for more are shown as
+        unavailable instead of starting a server that silently has no GPU.""",
+    )
+
+    starter_notebooks_dir = Unicode(
+        str(Path(__file__).resolve().parent.parent / "notebooks"),
+        config=True,
+        help="Notebooks copied into each new home under ~/examples (never overwritten).",
+    )
+
+    extra_singleuser_args = List(
+        Unicode(),
+        config=True,
+        help="Arguments added to the single-user command (e.g. --allow-root when run as root).",
+    )
+
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        # The hub's own environment: the same packages and kernels as the hub's checkout.
+        return [str(Path(sys.executable).with_name("jupyterhub-singleuser"))]
+
+    @default("default_url")
+    def _default_url(self) -> str:
+        return "/lab"
+
+    @default("extra_singleuser_args")
+    def _default_extra_args(self) -> list[str]:
+        # jupyter_server refuses root without this, and the hub then shows an opaque 500.
+        return ["--allow-root"] if os.geteuid() == 0 else []
+
+    def get_args(self) -> list[str]:
+        return super().get_args() + list(self.extra_singleuser_args)
+
+    def profile_unavailable(self, profile: Profile) -> str | None:
+        if profile.gpus > self.local_gpus:
+            return (
+                f"{profile.name} needs {profile.gpus} GPU(s); this workbench runs servers on "
+                f"one machine with {self.local_gpus}. Choose a CPU profile, or use the "
+                "region's Nomad cluster."
+            )
+        return None
+
+    # Process set-up: no setuid, the user's workbench home as working directory ----------------
+    @property
+    def home_dir(self) -> str:
+        return str(self.storage.home(self.user.name))
+
+    def make_preexec_fn(self, name: str):  # noqa: ANN201 - JupyterHub's signature
+        home = self.home_dir
+
+        def preexec() -> None:
+            os.chdir(home)
+
+        return preexec
+
+    def user_env(self, env: dict[str, str]) -> dict[str, str]:
+        env["USER"] = self.user.name
+        env["HOME"] = self.home_dir
+        env["SHELL"] = "/bin/bash"
+        return env
+
+    def move_certs(self, paths):  # noqa: ANN001, ANN201 - no internal SSL in local mode
+        return paths
+
+    async def start(self):  # noqa: ANN201 - returns (ip, port)
+        assert self.selection is not None, "run_pre_spawn_hook resolves the selection first"
+        project = self.selection.project
+        self.emit_progress(10, f"Project {project.id}: approval {project.approval.reference} "
+                               f"valid until {project.approval.expires.isoformat()}")
+        self.prepare_workspace()
+        self.emit_progress(30, "Workspace ready: ~/projects/" + project.id)
+        mounted, refused = link_datasets(
+            self.storage, Path(self.home_dir) / "datasets", self.selection.datasets
+        )
+        if mounted:
+            self.emit_progress(40, "Datasets mounted: " + ", ".join(mounted))
+        for message in refused:
+            self.emit_progress(40, message)
+        self.emit_progress(50, f"Starting JupyterLab ({self.selection.profile.name})")
+        ip_port = await super().start()
+        self.emit_progress(70, "Server process started; waiting for JupyterLab to answer")
+        return ip_port
+
+    def prepare_workspace(self) -> None:
+        """Home, the project's shared workspace linked into it, and the starter notebooks."""
+        assert self.selection is not None
+        home = Path(self.home_dir)
+        home.mkdir(parents=True, exist_ok=True)
+        project_dir = self.storage.project_dir(self.selection.project.id)
+        (project_dir / "samples").mkdir(parents=True, exist_ok=True)
+        links = home / "projects"
+        links.mkdir(exist_ok=True)
+        link = links / self.selection.project.id
+        if not link.is_symlink() and not link.exists():
+            link.symlink_to(project_dir, target_is_directory=True)
+        examples = Path(self.starter_notebooks_dir)
+        if examples.is_dir():
+            target = home / "examples"
+            target.mkdir(exist_ok=True)
+            for notebook in sorted(examples.glob("*.ipynb")):
+                if not (target / notebook.name).exists():
+                    shutil.copy2(notebook, target / notebook.name)

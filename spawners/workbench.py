@@ -1,0 +1,260 @@
+"""What every workbench spawner shares: project/profile choice, checks, environment, progress.
+
+Mixed into a JupyterHub ``Spawner`` (local processes here, Nomad jobs in
+``spawners.nomad``). The mixin only orchestrates: the rules live in
+:mod:`spawners.selection` and the form in :mod:`spawners.form`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyterhub.spawner import SpawnException
+from traitlets import Callable, Float, HasTraits, Unicode, default
+
+from hub_config.loader import cached_config
+from hub_config.model import Profile, WorkbenchConfig
+from hub_config.storage import StorageLayout, default_data_dir
+
+from .form import options_from_formdata, render_options_form
+from .selection import Selection, SelectionRefused, choices_for, resolve_selection
+
+STATE_VERSION = 1
+
+
+class WorkbenchSpawnerMixin(HasTraits):
+    """Put before the concrete Spawner class: ``class X(WorkbenchSpawnerMixin, Spawner)``."""
+
+    workbench_config_file = Unicode(
+        "",
+        config=True,
+        help="""Path of the workbench YAML (projects, profiles, approvals).
+
+        Empty means $WORKBENCH_CONFIG, else the bundled demo file. The file is re-read when
+        it changes; an invalid edit keeps the last good version and is logged.
+        """,
+    )
+
+    data_dir = Unicode(
+        config=True,
+        help="""Root of the workbench storage (homes, project workspaces, datasets).
+
+        Defaults to $WORKBENCH_DATA_DIR, else ./var beside the checkout.
+        """,
+    )
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return str(default_data_dir())
+
+    gateway_url = Unicode(
+        "",
+        config=True,
+        help="""URL at which single-user servers reach the sample gateway service.
+
+        Passed to servers as WORKBENCH_GATEWAY_URL; requests to it carry the server's own
+        hub token, never archive credentials.
+        """,
+    )
+
+    project_notes_hook = Callable(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Optional ``async (spawner, project_ids) -> {project_id: [line, ...]}``.
+
+        Adds lines under each project in the spawn form (the quota service uses it to show
+        the remaining budget). Must not raise: failures are logged and the form still renders.
+        """,
+    )
+
+    slow_spawn_message_after = Float(
+        20.0,
+        config=True,
+        help="Seconds after which the progress stream says the start is slower than usual.",
+    )
+
+    # Spawner-facing state ------------------------------------------------------------------
+    selection: Selection | None = None
+
+    @property
+    def workbench(self) -> WorkbenchConfig:
+        return cached_config(self.workbench_config_file or None, log=self.log)
+
+    @property
+    def storage(self) -> StorageLayout:
+        return StorageLayout(Path(self.data_dir).resolve())
+
+    def today(self) -> dt.date:
+        return dt.date.today()
+
+    def profile_unavailable(self, profile: Profile) -> str | None:
+        """Why this hub cannot run ``profile`` (e.g. no GPUs on a local hub); None if it can."""
+        return None
+
+    # Options form ---------------------------------------------------------------------------
+    @default("options_form")
+    def _default_options_form(self):  # noqa: ANN202 - JupyterHub accepts a callable here
+        return _render_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):  # noqa: ANN202
+        return options_from_formdata
+
+    # Checks before start (form and REST API alike) --------------------------------------------
+    def run_pre_spawn_hook(self):  # noqa: ANN201 - JupyterHub's signature
+        self.selection = self.check_selection(self.user_options or {})
+        profile = self.selection.profile
+        self.mem_limit = profile.memory
+        self.cpu_limit = profile.cpu
+        self.cpu_guarantee = profile.cpu
+        self.mem_guarantee = profile.memory
+        self._reset_progress()
+        return super().run_pre_spawn_hook()  # type: ignore[misc]
+
+    def check_selection(self, user_options: dict[str, Any]) -> Selection:
+        try:
+            selection = resolve_selection(self.workbench, self.user.name, user_options, self.today())
+        except SelectionRefused as refusal:
+            raise SpawnException(
+                refusal.message,
+                reason=refusal.reason,
+                log_message=f"refused spawn for {self.user.name}: {refusal.message}",
+                status_code=400,
+            ) from None
+        why_not = self.profile_unavailable(selection.profile)
+        if why_not:
+            raise SpawnException(why_not, reason="profile_unavailable", status_code=400)
+        return selection
+
+    # Environment ---------------------------------------------------------------------------
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()  # type: ignore[misc]
+        env.update(self.workbench_env())
+        return env
+
+    def workbench_env(self) -> dict[str, str]:
+        """What the server and its notebooks need to know about their project (no secrets)."""
+        if self.selection is None:
+            return {}
+        project, profile = self.selection.project, self.selection.profile
+        env = {
+            "WORKBENCH_PROJECT": project.id,
+            "WORKBENCH_PROJECT_TITLE": project.title,
+            "WORKBENCH_PROFILE": profile.slug,
+            "WORKBENCH_CPU_LIMIT": _number(profile.cpu),
+            "WORKBENCH_MEM_LIMIT": str(profile.memory),
+            "WORKBENCH_GPUS": str(profile.gpus),
+            "WORKBENCH_DATASETS": ",".join(d.id for d in self.selection.datasets),
+        }
+        if self.gateway_url:
+            env["WORKBENCH_GATEWAY_URL"] = self.gateway_url
+        return env
+
+    # Progress: kept on the spawner and replayed to every listener ------------------------------
+    def _reset_progress(self) -> None:
+        self._progress_events: list[dict[str, Any]] = []
+        self._progress_changed = asyncio.Event()
+        self._progress_started = time.monotonic()
+
+    def emit_progress(self, percent: int, message: str) -> None:
+        """Record an event; percentages only go up and stay below 100 until the server is up."""
+        if not hasattr(self, "_progress_events"):
+            self._reset_progress()
+        last = self._progress_events[-1]["progress"] if self._progress_events else 0
+        event = {"progress": max(last, min(int(percent), 99)), "message": message}
+        self._progress_events.append(event)
+        self.log.info("spawn progress for %s: %s%% %s", self._log_name, event["progress"], message)  # type: ignore[attr-defined]
+        self._progress_changed.set()
+
+    async def progress(self):  # noqa: ANN201 - async generator, JupyterHub's signature
+        if not hasattr(self, "_progress_events"):
+            self._reset_progress()
+        sent = 0
+        slow_said = False
+        while True:
+            events = self._progress_events
+            while sent < len(events):
+                yield events[sent]
+                sent += 1
+            if not self._spawn_pending:  # type: ignore[attr-defined]
+                return
+            self._progress_changed.clear()
+            try:
+                await asyncio.wait_for(self._progress_changed.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            waited = time.monotonic() - self._progress_started
+            if not slow_said and waited > self.slow_spawn_message_after:
+                slow_said = True
+                self.emit_progress(
+                    events[-1]["progress"] if events else 10,
+                    f"Still starting after {waited:.0f} s: this is slower than usual. "
+                    "The page will update as soon as the server answers.",
+                )
+
+    # State that survives a hub restart ----------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()  # type: ignore[misc]
+        if self.selection is not None:
+            state["workbench"] = {
+                "version": STATE_VERSION,
+                "project": self.selection.project.id,
+                "profile": self.selection.profile.slug,
+            }
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)  # type: ignore[misc]
+        saved = (state or {}).get("workbench")
+        if not isinstance(saved, dict):
+            return
+        # A server that is already running keeps its project even if the approval lapsed
+        # since; the next start is checked again.
+        config = self.workbench
+        project = config.project(str(saved.get("project")))
+        profile = config.profile(str(saved.get("profile")))
+        if project is not None and profile is not None:
+            datasets = tuple(d for d in (config.dataset(i) for i in project.datasets) if d)
+            self.selection = Selection(project, profile, datasets)
+        else:
+            self.log.warning(  # type: ignore[attr-defined]
+                "saved workbench state of %s names project %r / profile %r, no longer configured",
+                self._log_name,  # type: ignore[attr-defined]
+                saved.get("project"),
+                saved.get("profile"),
+            )
+
+    def clear_state(self) -> None:
+        super().clear_state()  # type: ignore[misc]
+        self.selection = None
+
+
+async def _render_form(spawner: WorkbenchSpawnerMixin) -> str:
+    config = spawner.workbench
+    choices = choices_for(config, spawner.user.name, spawner.today())  # type: ignore[attr-defined]
+    notes: dict[str, list[str]] = {}
+    if spawner.project_notes_hook is not None:
+        try:
+            notes = await spawner.project_notes_hook(spawner, [c.project.id for c in choices])
+        except Exception:  # the form must still render when the quota service is down
+            spawner.log.exception("project_notes_hook failed")  # type: ignore[attr-defined]
+    unavailable = {
+        p.slug: why for p in config.profiles if (why := spawner.profile_unavailable(p)) is not None
+    }
+    previous = spawner.user_options or {}  # type: ignore[attr-defined]
+    return render_options_form(
+        choices,
+        project_notes=notes,
+        unavailable_profiles=unavailable,
+        selected_project=previous.get("project"),
+        selected_profile=previous.get("profile"),
+    )
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
