@@ -1,0 +1,968 @@
+"""De-identify one DICOM dataset for delivery to a research project.
+
+DICOM PS3.15 Annex E: the Basic Application Level Confidentiality Profile, with the
+Retain Longitudinal Temporal Information with Modified Dates Option, the Clean
+Descriptors Option (for a small, named set of descriptors) and the Retain Patient
+Characteristics Option (age, sex, size, weight; on by default).  The table itself
+is data in :mod:`.annex_e`; pseudonyms come from :mod:`.pseudonyms`.
+
+Rules, in the order they apply to every element at every depth:
+
+1. group lengths, command (0000) and stray file meta (0002) elements: removed;
+2. private elements (odd groups): removed, with their sequences;
+3. curve (50xx) and overlay (60xx) groups: removed (Annex E removes Overlay Data);
+4. PatientID and PatientName: the patient pseudonym; AccessionNumber: a keyed
+   accession pseudonym; PatientBirthDate: emptied;
+5. an attribute listed in Table E.1-1: its action, options applied
+   (:func:`.annex_e.resolve_action`); ``C`` means "shift" for dates (DA, DT; a TM
+   is kept, whole-day shifts leave it unchanged) and "clean" for the kept
+   descriptors;
+6. any other element by its VR: SQ processed item by item; UI remapped unless it
+   names a class (SOP class, transfer syntax, coding scheme ...) or is a UID the
+   standard defines; DA/DT shifted; a text VR (LO, SH, ST, LT, UT, UC, PN, AE, UR,
+   UN) removed unless it is on :data:`SAFE_TEXT_KEYWORDS` or a kept descriptor
+   (fail closed: unknown, retired or new text attributes cannot leak); anything
+   else (codes, numbers, pixel data) kept.
+
+Then PatientIdentityRemoved, LongitudinalTemporalInformationModified,
+DeidentificationMethod and DeidentificationMethodCodeSequence are set, PatientAge is
+computed when absent, and new file meta is built (MediaStorageSOPInstanceUID
+remapped).  The input dataset is read through ``Dataset.get_item`` and never
+modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import charset as _charset
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, convert_raw_data_element, empty_value_for_VR
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import (
+    UID,
+    UID_dictionary,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
+
+from . import annex_e
+from .pseudonyms import ProjectKeys, shift_date
+
+__all__ = [
+    "BurnedInAnnotationRefused",
+    "DEFAULT_KEEP_DESCRIPTORS",
+    "DeidError",
+    "DeidPolicy",
+    "DeidReport",
+    "DeidResult",
+    "SAFE_TEXT_KEYWORDS",
+    "UnsupportedObject",
+    "burned_in_risk",
+    "clean_descriptor",
+    "deidentify",
+    "identifying_terms",
+    "is_well_known_uid",
+]
+
+METHOD_NAME = "research-workbench sample gateway"
+METHOD_VERSION = "1.0"
+
+#: Descriptors kept after cleaning (Clean Descriptors Option) unless a policy says
+#: otherwise.  Every other descriptor of Table E.1-1 is removed.
+DEFAULT_KEEP_DESCRIPTORS = frozenset(
+    {
+        "StudyDescription", "SeriesDescription", "ProtocolName", "BodyPartExamined",
+        "PerformedProcedureStepDescription", "AcquisitionDeviceProcessingDescription",
+    }
+)
+
+#: Text-valued attributes that are not in Table E.1-1 and describe equipment,
+#: technique or codes, not people: the only ones that pass the fail-closed rule.
+SAFE_TEXT_KEYWORDS = frozenset(
+    {
+        # equipment and software
+        "Manufacturer", "ManufacturerModelName", "SoftwareVersions",
+        "DetectorManufacturerName", "DetectorManufacturerModelName",
+        "SecondaryCaptureDeviceManufacturer",
+        "SecondaryCaptureDeviceManufacturerModelName",
+        "SecondaryCaptureDeviceSoftwareVersions", "DigitalImageFormatAcquired",
+        "VideoImageFormatAcquired",
+        # acquisition technique
+        "ConvolutionKernel", "SequenceName", "PulseSequenceName", "ReceiveCoilName",
+        "TransmitCoilName", "ImagedNucleus", "ContrastBolusRoute", "FilterType",
+        "CollimatorGridName", "PlateType", "PhosphorType", "TransducerData",
+        "ProcessingFunction", "Radiopharmaceutical", "ReconstructionMethod",
+        "AttenuationCorrectionMethod", "ScatterCorrectionMethod", "EnergyWindowName",
+        # pixel value interpretation
+        "WindowCenterWidthExplanation", "ModalityLUTType", "LUTExplanation",
+        "LUTLabel", "RescaleType", "DimensionDescriptionLabel",
+        "PositionReferenceIndicator", "SegmentLabel", "SegmentAlgorithmName",
+        # codes (Code Sequence Macro and coding scheme identification)
+        "CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning",
+        "LongCodeValue", "URNCodeValue", "MappingResourceName", "CodingSchemeName",
+        "CodingSchemeRegistry", "CodingSchemeExternalID",
+        "CodingSchemeResponsibleOrganization",
+        # veterinary subjects
+        "PatientSpeciesDescription", "PatientBreedDescription", "StrainDescription",
+    }
+)
+
+#: UI attributes whose values name a class, a syntax or a scheme, never an
+#: instance: kept as they are.
+CLASS_UID_KEYWORDS = frozenset(
+    {
+        "SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID",
+        "AffectedSOPClassUID", "RequestedSOPClassUID", "ReferencedSOPClassUIDInFile",
+        "TransferSyntaxUID", "ReferencedTransferSyntaxUIDInFile",
+        "RelatedGeneralSOPClassUID", "OriginalSpecializedSOPClassUID",
+        "CodingSchemeUID", "ContextUID", "MappingResourceUID",
+        "ImplementationClassUID",
+    }
+)
+_CLASS_UID_TAGS = frozenset(int(tag_for_keyword(k)) for k in CLASS_UID_KEYWORDS)
+
+_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "AE", "UR", "UN"})
+_BINARY_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
+_MAX_LENGTH = {"SH": 16, "LO": 64, "CS": 16, "AE": 16, "ST": 1024, "LT": 10240, "PN": 64}
+DUMMY_TEXT = "ANONYMIZED"
+
+_PATIENT_NAME = 0x00100010
+_PATIENT_ID = 0x00100020
+_ISSUER_OF_PATIENT_ID = 0x00100021
+_PATIENT_BIRTH_DATE = 0x00100030
+_ACCESSION_NUMBER = 0x00080050
+_SPECIFIC_CHARACTER_SET = 0x00080005
+_STUDY_INSTANCE_UID = 0x0020000D
+_SOP_INSTANCE_UID = 0x00080018
+_DEID_SUPPLEMENT = frozenset(
+    {
+        0x00120062,  # PatientIdentityRemoved
+        0x00120063,  # DeidentificationMethod
+        0x00120064,  # DeidentificationMethodCodeSequence
+        0x00280303,  # LongitudinalTemporalInformationModified
+    }
+)
+
+
+# ---------------------------------------------------------------------------
+# Errors, policy, result
+
+
+class DeidError(Exception):
+    """A refusal with a message that is safe to show the researcher (no patient data).
+
+    Same shape as the gateway's other errors: ``message``, ``reason``, ``status``
+    (HTTP), ``log_message``.
+    """
+
+    status = 422
+    reason = "deidentification_refused"
+
+    def __init__(self, message: str, *, reason: str | None = None,
+                 log_message: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.reason
+        self.log_message = log_message or message
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "reason": self.reason}}
+
+
+class BurnedInAnnotationRefused(DeidError):
+    """The pixels may show identifying text and the project may not receive such images."""
+
+    reason = "burned_in_annotation"
+
+
+class UnsupportedObject(DeidError):
+    """An object the gateway does not deliver (a DICOMDIR: its file paths hold IDs)."""
+
+    reason = "unsupported_object"
+
+
+@dataclass(frozen=True)
+class DeidPolicy:
+    """What a project's approval allows.
+
+    ``keep_descriptors``: keywords kept after cleaning; each must be a descriptor of
+    Table E.1-1 with the Clean Descriptors Option, or an attribute the table does not
+    list.  ``retain_patient_characteristics``: keep PatientAge, PatientSex, size,
+    weight and the like (the Retain Patient Characteristics Option, declared in the
+    method code sequence).  ``use_issuer_of_patient_id``: key pseudonyms on
+    (IssuerOfPatientID, PatientID) instead of PatientID alone; off by default, as
+    one archive whose records do not always carry the issuer would otherwise split
+    a patient in two.
+    """
+
+    allow_burned_in_annotation: bool = False
+    keep_descriptors: frozenset[str] = DEFAULT_KEEP_DESCRIPTORS
+    retain_patient_characteristics: bool = True
+    use_issuer_of_patient_id: bool = False
+    method_name: str = METHOD_NAME
+    method_version: str = METHOD_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_descriptors", frozenset(self.keep_descriptors))
+        for keyword in self.keep_descriptors:
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                raise ValueError(f"keep_descriptors: {keyword!r} is not a DICOM keyword")
+            if dictionary_VR(tag) not in _TEXT_VRS - {"PN", "UN"} | {"CS"}:
+                raise ValueError(f"keep_descriptors: {keyword} is not a text attribute")
+            row = annex_e.BASIC_PROFILE.get(int(tag))
+            if row is not None and annex_e.FLAG_CLEAN_DESCRIPTORS not in row.flags:
+                raise ValueError(
+                    f"keep_descriptors: {keyword} is an identifying attribute of "
+                    "PS3.15 Table E.1-1 that the Clean Descriptors Option does not cover"
+                )
+        if len(self.method_label) > 64:
+            raise ValueError("method_name and method_version must fit 64 characters together")
+
+    @property
+    def method_label(self) -> str:
+        return f"{self.method_name} {self.method_version}".strip()
+
+    def method_description(self) -> str:
+        """One line naming the method, profile and options, e.g. for a manifest."""
+        return f"{self.method_label}: " + "; ".join(_method_values(self)[1:])
+
+    @property
+    def options(self) -> annex_e.Options:
+        return annex_e.Options(
+            modified_dates=True,
+            clean_descriptors=bool(self.keep_descriptors),
+            patient_characteristics=self.retain_patient_characteristics,
+        )
+
+
+@dataclass
+class DeidReport:
+    """What was done, without any value: safe for the audit record.
+
+    ``counts`` per outcome (``removed``, ``emptied``, ``dummy``, ``pseudonymised``,
+    ``uid_remapped``, ``date_shifted``, ``date_dropped``, ``private_removed``,
+    ``fail_closed_removed``, ``descriptor_cleaned``, ``repeating_group_removed``,
+    ``unreadable_removed`` ...); ``removed``: keywords (or tags) removed;
+    ``cleaned``: descriptors that lost text in cleaning.
+    """
+
+    counts: Counter[str] = field(default_factory=Counter)
+    removed: set[str] = field(default_factory=set)
+    cleaned: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    patient_pseudonym: str = ""
+    study_key: str | None = None
+    age_computed: bool = False
+
+    def count(self, outcome: str, name: str | None = None) -> None:
+        self.counts[outcome] += 1
+        if name is not None and outcome.endswith("removed"):
+            self.removed.add(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "counts": dict(sorted(self.counts.items())),
+            "removed": sorted(self.removed),
+            "cleaned": sorted(self.cleaned),
+            "warnings": list(self.warnings),
+            "patient_pseudonym": self.patient_pseudonym,
+            "study_key": self.study_key,
+            "age_computed": self.age_computed,
+        }
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    dataset: Dataset
+    report: DeidReport
+
+
+# ---------------------------------------------------------------------------
+# Burned-in annotation
+
+_BURNED_IN_MODALITIES = {
+    "US": "ultrasound images usually carry text in their pixels",
+    "IVUS": "ultrasound images usually carry text in their pixels",
+    "OT": "'other' images are often screenshots with text",
+    "SC": "secondary captures are often screenshots with text",
+    "DOC": "scanned documents show text",
+    "XC": "photographs may show faces or labels",
+    "ES": "endoscopy video frames usually carry text",
+    "GM": "microscopy images may show labels",
+}
+_BURNED_IN_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.1": "Multi-frame Single Bit Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.6.1": "Ultrasound Image",
+    "1.2.840.10008.5.1.4.1.1.6": "Ultrasound Image (Retired)",
+    "1.2.840.10008.5.1.4.1.1.3.1": "Ultrasound Multi-frame Image",
+    "1.2.840.10008.5.1.4.1.1.3": "Ultrasound Multi-frame Image (Retired)",
+    "1.2.840.10008.5.1.4.1.1.77.1.1.1": "Video Endoscopic Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.4": "VL Photographic Image",
+    "1.2.840.10008.5.1.4.1.1.77.1.4.1": "Video Photographic Image",
+}
+
+
+def _plain(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def burned_in_risk(ds: Dataset) -> str | None:
+    """Why the pixels of `ds` may show identifying text or features, or None.
+
+    A reason when BurnedInAnnotation or RecognizableVisualFeatures is YES, when the
+    image is a slide label, or when BurnedInAnnotation is absent and the modality or
+    SOP class is one that usually carries text in its pixels (ultrasound, secondary
+    capture, ...).  A BurnedInAnnotation of NO is trusted.
+    """
+    flag = _plain(ds, "BurnedInAnnotation").upper()
+    if flag == "YES":
+        return "BurnedInAnnotation is YES: the pixels show identifying text"
+    if _plain(ds, "RecognizableVisualFeatures").upper() == "YES":
+        return "RecognizableVisualFeatures is YES: the image may show a face"
+    image_type = _plain(ds, "ImageType").upper().split("\\")
+    if "LABEL" in image_type:
+        return "a slide label image shows the label's text"
+    if flag == "NO":
+        return None
+    sop_class = _plain(ds, "SOPClassUID")
+    if sop_class in _BURNED_IN_SOP_CLASSES:
+        return (
+            f"{_BURNED_IN_SOP_CLASSES[sop_class]} objects often show text in their "
+            "pixels and BurnedInAnnotation is absent"
+        )
+    modality = _plain(ds, "Modality").upper()
+    if modality in _BURNED_IN_MODALITIES:
+        return f"{_BURNED_IN_MODALITIES[modality]} and BurnedInAnnotation is absent"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# UIDs, descriptors
+
+
+def is_well_known_uid(uid: str) -> bool:
+    """A UID the DICOM standard defines (SOP classes, transfer syntaxes, ...)."""
+    uid = uid.strip().rstrip("\x00")
+    return uid in UID_dictionary or uid.startswith("1.2.840.10008.")
+
+
+_DATE_PATTERNS = (
+    re.compile(r"(?<!\d)(?:1[89]|20)\d{2}[-./]?(?:0[1-9]|1[0-2])[-./]?(?:0[1-9]|[12]\d|3[01])(?!\d)"),
+    re.compile(r"(?<!\d)\d{1,2}[-./]\d{1,2}[-./](?:\d{4}|\d{2})(?!\d)"),
+    re.compile(r"(?<!\d)\d{6}-\d{4}(?!\d)"),  # Danish CPR number with a dash
+)
+_EMAIL = re.compile(r"\S+@\S+")
+_TOKEN = re.compile(r"[^\W_]+")
+_SEPARATORS = " \t-_,;:/|^.+"
+
+
+def _remove_term(text: str, term: str) -> str:
+    pattern = r"(?<![^\W_])" + re.escape(term) + r"(?![^\W_])"
+    return re.sub(pattern, " ", text, flags=re.IGNORECASE)
+
+
+def clean_descriptor(text: str, terms: Iterable[str] = ()) -> str:
+    """Remove identifying content from a descriptor (Clean Descriptors Option).
+
+    Removes dates (``2021-03-04``, ``04.03.21``, ``20210304``), CPR-like numbers,
+    e-mail addresses, ID-like tokens (any run of letters and digits with five or
+    more digits) and every whole-word occurrence of `terms` (names, IDs and
+    institution words of the patient's own record, see :func:`identifying_terms`).
+    """
+    for pattern in _DATE_PATTERNS:
+        text = pattern.sub(" ", text)
+    text = _EMAIL.sub(" ", text)
+    text = _TOKEN.sub(
+        lambda m: " " if sum(ch.isdigit() for ch in m.group()) >= 5 else m.group(), text
+    )
+    for term in sorted(set(terms), key=len, reverse=True):
+        text = _remove_term(text, term)
+    text = re.sub(r"\s+", " ", text)
+    # separators left dangling at either end by a removal
+    return text.strip(_SEPARATORS + "(").rstrip(_SEPARATORS) if text.strip() else ""
+
+
+_TERM_KEYWORDS_WHOLE = (
+    "PatientID",
+    "OtherPatientIDs",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "AdmissionID",
+    "MedicalRecordLocator",
+    "StudyID",
+    "RequestedProcedureID",
+    "PerformedProcedureStepID",
+    "ScheduledProcedureStepID",
+)
+_TERM_KEYWORDS_WORDS = (
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "PatientAddress",
+)
+
+
+def identifying_terms(ds: Dataset) -> frozenset[str]:
+    """Lower-cased strings of `ds` that must not survive in a kept descriptor.
+
+    Every name component of every PN element, private ones included (two or more
+    characters), the IDs of
+    the patient and the study (whole values, two or more characters), and the whole
+    values and the words (four or more characters) of institution, station and
+    address values, at any depth.
+    """
+    terms: set[str] = set()
+    whole = {int(tag_for_keyword(k)) for k in _TERM_KEYWORDS_WHOLE}
+    words = {int(tag_for_keyword(k)) for k in _TERM_KEYWORDS_WORDS}
+    for elem in _iter_converted(ds):
+        if elem.VR == "PN":
+            for value in _values(elem.value):
+                text = str(value)
+                for part in re.split(r"[\^=]", text):
+                    part = part.strip()
+                    if len(part) >= 2:
+                        terms.add(part.casefold())
+                    terms.update(w.casefold() for w in part.split() if len(w) >= 2)
+        elif int(elem.tag) in whole:
+            terms.update(str(v).strip().casefold() for v in _values(elem.value)
+                         if len(str(v).strip()) >= 2)
+        elif int(elem.tag) in words:
+            for value in _values(elem.value):
+                text = str(value).strip()
+                if len(text) >= 2:
+                    terms.add(text.casefold())
+                terms.update(w.casefold() for w in _TOKEN.findall(text) if len(w) >= 4)
+    return frozenset(terms)
+
+
+def _values(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, MultiValue)):
+        return [v for v in value if v is not None]
+    return [value]
+
+
+def _iter_converted(ds: Dataset) -> Iterator[DataElement]:
+    """All elements at any depth, converted without touching `ds`'s own cache."""
+    encodings = _ResolvedCharset.of(ds).encodings
+    stack: list[tuple[Dataset, list[str]]] = [(ds, encodings)]
+    while stack:
+        item, enc = stack.pop()
+        for tag in list(item.keys()):
+            try:
+                elem = _convert(item, tag, enc)
+            except Exception:  # noqa: BLE001 - unparseable: deidentify() drops it
+                continue
+            if elem is None or (BaseTag(tag).is_private and elem.VR != "PN"):
+                continue  # a private PN is still somebody's name
+            yield elem
+            if elem.VR == "SQ":
+                for child in elem.value or ():
+                    stack.append((child, _ResolvedCharset.of(child, enc).encodings))
+
+
+def _convert(ds: Dataset, tag: int, encodings: list[str]) -> DataElement | None:
+    raw = ds.get_item(tag)
+    if raw is None or isinstance(raw, DataElement):
+        return raw
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_raw_data_element(raw, encoding=encodings, ds=ds)
+
+
+# ---------------------------------------------------------------------------
+# Character sets
+
+
+@dataclass(frozen=True)
+class _ResolvedCharset:
+    """Python encodings for a SpecificCharacterSet, and the value to write back."""
+
+    encodings: list[str]
+    output_value: Any
+    problem: str | None = None
+
+    @classmethod
+    def of(cls, ds: Dataset, inherited: list[str] | None = None) -> _ResolvedCharset:
+        raw = ds.get_item(_SPECIFIC_CHARACTER_SET)
+        if raw is None:
+            return cls(inherited or [_charset.default_encoding], None)
+        value = raw.value
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+            terms: list[str] = [v.strip() for v in value.split("\\")]
+        else:
+            terms = [str(v).strip() for v in _values(value)] if value else []
+        if not terms or terms == [""]:
+            return cls([_charset.default_encoding], None)
+        problem = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                encodings = _charset.convert_encodings(list(terms))
+            except LookupError:
+                encodings = [_charset.default_encoding]
+                problem = "unknown"
+        bad = [t for t in terms if t and t not in _charset.python_encoding]
+        if caught or bad or problem:
+            return cls(
+                encodings,
+                "ISO_IR 192",
+                f"invalid SpecificCharacterSet {'/'.join(terms)!r}: decoded with "
+                f"{'/'.join(encodings)}, written as ISO_IR 192 (UTF-8)",
+            )
+        return cls(encodings, terms if len(terms) > 1 else terms[0])
+
+
+# ---------------------------------------------------------------------------
+# The walk
+
+
+class _Deidentifier:
+    def __init__(self, source: Dataset, keys: ProjectKeys, policy: DeidPolicy) -> None:
+        self.source = source
+        self.keys = keys
+        self.policy = policy
+        self.options = policy.options
+        self.report = DeidReport()
+        self.charset = _ResolvedCharset.of(source)
+        if self.charset.problem:
+            self.report.warnings.append(self.charset.problem)
+            warnings.warn(self.charset.problem, stacklevel=3)
+        self.terms = identifying_terms(source) if policy.keep_descriptors else frozenset()
+        patient_key, issuer, source_of_key = self._patient_identity(source)
+        if source_of_key != "PatientID":
+            self.report.warnings.append(
+                f"no PatientID: the pseudonym and date offset are keyed on {source_of_key}"
+            )
+        self.patient_pseudonym = keys.patient_pseudonym(patient_key, issuer)
+        # Keyed on the pseudonym: whatever shares a pseudonym shares the date offset.
+        self.offset = keys.date_offset_days(self.patient_pseudonym)
+        self.report.patient_pseudonym = self.patient_pseudonym
+
+    # -- identity -------------------------------------------------------------
+
+    def _text(self, ds: Dataset, tag: int, encodings: list[str] | None = None) -> str:
+        elem = _convert(ds, tag, encodings or self.charset.encodings)
+        if elem is None or elem.value is None:
+            return ""
+        return "\\".join(str(v) for v in _values(elem.value)).strip()
+
+    def _issuer(self, ds: Dataset, encodings: list[str] | None = None) -> str:
+        if not self.policy.use_issuer_of_patient_id:
+            return ""
+        return self._text(ds, _ISSUER_OF_PATIENT_ID, encodings)
+
+    def _patient_identity(self, ds: Dataset) -> tuple[str, str, str]:
+        patient_id = self._text(ds, _PATIENT_ID)
+        if patient_id:
+            return patient_id, self._issuer(ds), "PatientID"
+        for tag, name in (
+            (_PATIENT_NAME, "PatientName"),
+            (_STUDY_INSTANCE_UID, "StudyInstanceUID"),
+            (_SOP_INSTANCE_UID, "SOPInstanceUID"),
+        ):
+            value = self._text(ds, tag)
+            if value:
+                return f"{name}:{value}", "", name
+        return "", "", "nothing (empty patient)"
+
+    # -- datasets -------------------------------------------------------------
+
+    def dataset(self, source: Dataset, encodings: list[str], depth: int) -> Dataset:
+        out = Dataset()
+        for tag in sorted(source.keys()):
+            try:
+                elem = _convert(source, tag, encodings)
+            except Exception:  # noqa: BLE001 - a value pydicom cannot parse: fail closed
+                self.report.count("unreadable_removed", _name(tag))
+                continue
+            if elem is None:
+                continue
+            new = self.element(elem, source, encodings, depth)
+            if new is not None:
+                out.add(new)
+        return out
+
+    def element(
+        self, elem: DataElement, parent: Dataset, encodings: list[str], depth: int
+    ) -> DataElement | None:
+        tag = elem.tag
+        name = elem.keyword or str(tag)
+        if tag.element == 0 or tag.group in (0x0000, 0x0002):
+            self.report.count("group_length_removed" if tag.element == 0 else "removed", name)
+            return None
+        if tag.is_private:
+            self.report.count("private_removed", "private")
+            return None
+        if annex_e.is_repeating_group(tag):
+            self.report.count("repeating_group_removed", f"{tag.group:04X}xxxx")
+            return None
+        if tag == _SPECIFIC_CHARACTER_SET:
+            return self._copy(elem) if depth else None  # top level: set at the end
+        if tag in _DEID_SUPPLEMENT and depth == 0:
+            return None  # set at the end
+        special = self._special(elem, parent, encodings, depth)
+        if special is not _NOT_SPECIAL:
+            return special
+        row = annex_e.lookup(tag)
+        if row is not None:
+            return self._apply(row, elem, encodings, depth)
+        return self._by_vr(elem, encodings, depth)
+
+    # -- the rules ------------------------------------------------------------
+
+    def _special(self, elem: DataElement, parent: Dataset, encodings: list[str], depth: int):
+        tag = int(elem.tag)
+        if tag == _PATIENT_ID:
+            value = self._text(parent, _PATIENT_ID, encodings)
+            if depth == 0:
+                pseudonym = self.patient_pseudonym
+            elif value:
+                pseudonym = self.keys.patient_pseudonym(value, self._issuer(parent, encodings))
+            else:
+                return self._empty(elem)
+            self.report.count("pseudonymised")
+            return DataElement(elem.tag, "LO", pseudonym)
+        if tag == _PATIENT_NAME:
+            if depth == 0:
+                pseudonym = self.patient_pseudonym
+            else:
+                value = self._text(parent, _PATIENT_ID, encodings)
+                if not value:
+                    return self._empty(elem)
+                pseudonym = self.keys.patient_pseudonym(value, self._issuer(parent, encodings))
+            self.report.count("pseudonymised")
+            return DataElement(elem.tag, "PN", pseudonym)
+        if tag == _ACCESSION_NUMBER:
+            value = self._text(parent, _ACCESSION_NUMBER, encodings)
+            if not value:
+                return self._empty(elem)
+            self.report.count("pseudonymised")
+            return DataElement(elem.tag, "SH", self.keys.accession_pseudonym(value))
+        if tag == _PATIENT_BIRTH_DATE:
+            return self._empty(elem)
+        return _NOT_SPECIAL
+
+    def _apply(self, row: annex_e.ProfileRow, elem: DataElement, encodings: list[str],
+               depth: int) -> DataElement | None:
+        action = annex_e.resolve_action(row, self.options)
+        if action == "C":
+            if annex_e.FLAG_MODIFIED_DATES in row.flags and self.options.modified_dates:
+                if elem.VR in ("DA", "DT"):
+                    return self._shift(elem)
+                if elem.VR == "TM" or row.keyword == "TimezoneOffsetFromUTC":
+                    return self._copy(elem)  # a whole-day shift leaves these unchanged
+            if row.keyword in self.policy.keep_descriptors:
+                return self._clean(elem)
+            action = annex_e.resolve_basic(row.basic)
+        if action == "X":
+            self.report.count("removed", row.keyword)
+            return None
+        if action == "Z":
+            return self._empty(elem)
+        if elem.VR == "SQ":  # K, U* and D: every item goes through the same rules
+            return self._sequence(elem, encodings, depth)
+        if action == "U" or (action == "D" and elem.VR == "UI"):
+            return self._uid(elem, force=True)
+        if action == "D":
+            return self._dummy(elem)
+        return self._copy(elem)  # K
+
+    def _by_vr(self, elem: DataElement, encodings: list[str], depth: int) -> DataElement | None:
+        vr = elem.VR
+        keyword = elem.keyword
+        if vr == "SQ":
+            return self._sequence(elem, encodings, depth)
+        if vr == "UI":
+            return self._uid(elem, force=False)
+        if vr in ("DA", "DT"):
+            return self._shift(elem)
+        if keyword in self.policy.keep_descriptors:
+            return self._clean(elem)
+        if vr in _TEXT_VRS:
+            if keyword in SAFE_TEXT_KEYWORDS and vr != "UN":
+                return self._copy(elem)
+            self.report.count("fail_closed_removed", keyword or str(elem.tag))
+            return None
+        return self._copy(elem)
+
+    # -- actions --------------------------------------------------------------
+
+    def _copy(self, elem: DataElement) -> DataElement:
+        # As read, invalid values included: converting again could raise.
+        value = elem.value
+        if isinstance(value, MultiValue):
+            value = copy.deepcopy(value)
+        return DataElement(elem.tag, elem.VR, value, already_converted=True)
+
+    def _empty(self, elem: DataElement) -> DataElement:
+        self.report.count("emptied")
+        vr = elem.VR
+        if vr == "SQ":
+            return DataElement(elem.tag, vr, Sequence())
+        return DataElement(elem.tag, vr, empty_value_for_VR(vr))
+
+    def _dummy(self, elem: DataElement) -> DataElement:
+        vr = elem.VR
+        self.report.count("dummy")
+        if vr in _TEXT_VRS and vr != "UN" or vr == "CS":
+            value: Any = DUMMY_TEXT[: _MAX_LENGTH.get(vr, 64)]
+        elif vr == "DA":
+            value = "19000101"
+        elif vr == "DT":
+            value = "19000101000000"
+        elif vr == "TM":
+            value = "000000"
+        elif vr in ("IS", "DS"):
+            value = "0"
+        elif vr == "AS":
+            value = "000D"
+        elif vr in ("US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"):
+            value = 0
+        elif vr in _BINARY_VRS:
+            value = b""
+        else:
+            value = empty_value_for_VR(vr)
+        return DataElement(elem.tag, vr, value)
+
+    def _uid(self, elem: DataElement, *, force: bool) -> DataElement:
+        if int(elem.tag) in _CLASS_UID_TAGS and not force:
+            return self._copy(elem)
+        values = _values(elem.value)
+        remapped = []
+        for value in values:
+            text = str(value).strip().rstrip("\x00")
+            if not text or is_well_known_uid(text):
+                remapped.append(text)
+            else:
+                remapped.append(self.keys.remap_uid(text))
+                self.report.count("uid_remapped")
+        if not values:
+            return DataElement(elem.tag, "UI", empty_value_for_VR("UI"))
+        return DataElement(elem.tag, "UI", remapped if len(remapped) > 1 else remapped[0])
+
+    def _shift(self, elem: DataElement) -> DataElement:
+        shifted = []
+        for value in _values(elem.value):
+            text = str(value)
+            try:
+                result = shift_date(text, self.offset)
+            except ValueError:
+                self.report.count("date_dropped", elem.keyword or str(elem.tag))
+                continue
+            if result:
+                shifted.append(result)
+                self.report.count("date_shifted")
+        if not shifted:
+            return DataElement(elem.tag, elem.VR, empty_value_for_VR(elem.VR))
+        return DataElement(elem.tag, elem.VR, shifted if len(shifted) > 1 else shifted[0])
+
+    def _clean(self, elem: DataElement) -> DataElement:
+        vr = elem.VR
+        cleaned = []
+        for value in _values(elem.value):
+            text = str(value)
+            result = clean_descriptor(text, self.terms)
+            if vr == "CS":
+                result = result.upper()
+            if vr in _MAX_LENGTH:
+                result = result[: _MAX_LENGTH[vr]].rstrip()
+            if result != text.strip():
+                self.report.cleaned.add(elem.keyword or str(elem.tag))
+            cleaned.append(result)
+        self.report.count("descriptor_cleaned")
+        cleaned = [c for c in cleaned if c] or [""]
+        return DataElement(elem.tag, vr, cleaned if len(cleaned) > 1 else cleaned[0])
+
+    def _sequence(self, elem: DataElement, encodings: list[str], depth: int) -> DataElement:
+        items = []
+        for item in elem.value or ():
+            charset = _ResolvedCharset.of(item, encodings)
+            items.append(self.dataset(item, charset.encodings, depth + 1))
+        return DataElement(elem.tag, "SQ", Sequence(items))
+
+
+_NOT_SPECIAL = object()
+
+
+def _name(tag: int) -> str:
+    return keyword_for_tag(tag) or str(Tag(tag))
+
+
+# ---------------------------------------------------------------------------
+# Finishing touches
+
+
+def _as_date(text: str) -> _dt.date | None:
+    digits = text.strip()[:8]
+    if len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return _dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
+    except ValueError:
+        return None
+
+
+def patient_age(birth: _dt.date, on: _dt.date) -> str | None:
+    """The Age String (AS) for someone born on `birth`, on day `on`."""
+    if on < birth:
+        return None
+    years = on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+    if years >= 2:
+        return f"{min(years, 999):03d}Y"
+    months = (on.year - birth.year) * 12 + on.month - birth.month - (on.day < birth.day)
+    if months >= 1:
+        return f"{months:03d}M"
+    days = (on - birth).days
+    return f"{days // 7:03d}W" if days >= 14 else f"{days:03d}D"
+
+
+def _computed_age(helper: _Deidentifier, source: Dataset) -> str | None:
+    birth = _as_date(helper._text(source, _PATIENT_BIRTH_DATE))
+    if birth is None:
+        return None
+    for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+        on = _as_date(helper._text(source, int(tag_for_keyword(keyword))))
+        if on is not None:
+            return patient_age(birth, on)
+    return None
+
+
+def _method_codes(policy: DeidPolicy) -> Sequence:
+    codes = [annex_e.BASIC_PROFILE_CODE, annex_e.MODIFIED_DATES_CODE]
+    if policy.keep_descriptors:
+        codes.append(annex_e.CLEAN_DESCRIPTORS_CODE)
+    if policy.retain_patient_characteristics:
+        codes.append(annex_e.PATIENT_CHARACTERISTICS_CODE)
+    items = []
+    for value, scheme, meaning in codes:
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = scheme
+        item.CodeMeaning = meaning
+        items.append(item)
+    return Sequence(items)
+
+
+def _method_values(policy: DeidPolicy) -> list[str]:
+    values = [policy.method_label, "DICOM PS3.15 Annex E Basic Profile",
+              "Retain Longitudinal Temporal Info Modified Dates"]
+    if policy.keep_descriptors:
+        values.append("Clean Descriptors")
+    if policy.retain_patient_characteristics:
+        values.append("Retain Patient Characteristics")
+    return values
+
+
+def _transfer_syntax(source: Dataset) -> tuple[UID, tuple[bool, bool]]:
+    meta = getattr(source, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax:
+        syntax = UID(str(syntax).strip().rstrip("\x00"))
+        if syntax.is_transfer_syntax:
+            return syntax, (syntax.is_implicit_VR, syntax.is_little_endian)
+    implicit, little = source.original_encoding
+    if implicit is None or little is None:
+        return ExplicitVRLittleEndian, (False, True)
+    if not little:
+        return ExplicitVRBigEndian, (False, False)
+    if implicit:
+        return ImplicitVRLittleEndian, (True, True)
+    return ExplicitVRLittleEndian, (False, True)
+
+
+def _file_meta(source: Dataset, out: Dataset, keys: ProjectKeys) -> tuple[bool, bool]:
+    meta_in = getattr(source, "file_meta", None) or FileMetaDataset()
+    syntax, encoding = _transfer_syntax(source)
+    meta = FileMetaDataset()
+    sop_class = meta_in.get("MediaStorageSOPClassUID") or out.get("SOPClassUID")
+    if sop_class:
+        meta.MediaStorageSOPClassUID = str(sop_class)
+    instance = str(meta_in.get("MediaStorageSOPInstanceUID") or "").strip().rstrip("\x00")
+    if instance:
+        meta.MediaStorageSOPInstanceUID = keys.remap_uid(instance)
+    elif "SOPInstanceUID" in out:
+        meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    out.file_meta = meta
+    return encoding
+
+
+def deidentify(ds: Dataset, keys: ProjectKeys, policy: DeidPolicy | None = None) -> DeidResult:
+    """Return a new, de-identified copy of `ds` and a report of what was done.
+
+    Raises :class:`BurnedInAnnotationRefused` when :func:`burned_in_risk` finds a
+    reason and the policy does not allow burned-in annotation, and
+    :class:`UnsupportedObject` for a DICOMDIR.  The input is not
+    modified.
+    """
+    policy = policy or DeidPolicy()
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str((meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+                    or ds.get("SOPClassUID") or "").strip()
+    if sop_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
+        raise UnsupportedObject(
+            "DICOMDIR files are not delivered: the gateway writes its own manifest.",
+            log_message="refused: a DICOMDIR (its Referenced File IDs can hold patient IDs)",
+        )
+    risk = burned_in_risk(ds)
+    if risk and not policy.allow_burned_in_annotation:
+        raise BurnedInAnnotationRefused(
+            "This image may show patient details in its pixels and the project's "
+            f"approval does not allow such images ({risk}).",
+            log_message=f"refused: {risk}",
+        )
+    helper = _Deidentifier(ds, keys, policy)
+    out = helper.dataset(ds, helper.charset.encodings, depth=0)
+    report = helper.report
+    if risk:
+        report.warnings.append(f"delivered with a burned-in annotation risk: {risk}")
+
+    if helper.charset.output_value is not None:
+        out.SpecificCharacterSet = helper.charset.output_value
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = _method_values(policy)
+    out.DeidentificationMethodCodeSequence = _method_codes(policy)
+    out.LongitudinalTemporalInformationModified = "MODIFIED"
+    if "PatientName" not in out:
+        out.PatientName = helper.patient_pseudonym
+    if "PatientID" not in out:
+        out.PatientID = helper.patient_pseudonym
+    if policy.retain_patient_characteristics and not str(out.get("PatientAge") or "").strip():
+        age = _computed_age(helper, ds)
+        if age:
+            out.PatientAge = age
+            report.age_computed = True
+    study_uid = out.get("StudyInstanceUID")
+    report.study_key = str(study_uid) if study_uid else None
+
+    implicit, little = _file_meta(ds, out, keys)
+    out.set_original_encoding(implicit, little, _charset.convert_encodings(
+        out.get("SpecificCharacterSet") or _charset.default_encoding))
+    return DeidResult(dataset=out, report=report)
