@@ -20,7 +20,7 @@ the fictitious patient, a private block (group 0x0099, creator ``DEMO HOSPITAL R
 the patient's name and ID, and the vendors' own private tags of the sources are kept when
 they do not carry a source identifier.
 
-The archive holds CT, MR, US, CR and NM objects in ten transfer syntaxes (explicit and
+The archive holds CT, MR, US, CR and NM objects in nine transfer syntaxes (explicit and
 implicit little endian, RLE, JPEG baseline, extended and lossless, JPEG-LS, JPEG 2000
 lossless and lossy), single- and multi-frame objects (an Enhanced CT with per-frame
 functional groups, Enhanced MR and an ultrasound cine loop), and one CT series of exactly
