@@ -21,6 +21,7 @@ Guarantees (tested as a table in ``tests/test_nomad_slugs.py`` and as properties
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 SAFE_PART = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -35,9 +36,9 @@ MIN_LENGTH = len(_HASH_MARK) + HASH_LENGTH + 1
 
 
 def _hash(parts: tuple[str, ...]) -> str:
-    # NUL cannot occur in a JupyterHub user or server name, so the joined text is unambiguous.
-    digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()[:HASH_LENGTH]
+    # JSON encodes the tuple unambiguously, whatever characters the names contain.
+    encoded = json.dumps(list(parts), ensure_ascii=True)
+    return hashlib.sha256(encoded.encode("ascii")).hexdigest()[:HASH_LENGTH]
 
 
 def _sanitize(text: str) -> str:
@@ -82,8 +83,9 @@ def job_id(prefix: str, username: str, server_name: str = "", max_length: int = 
         )
     parts = (prefix, username) if not server_name else (prefix, username, server_name)
     slug = multi_slug(parts, max_length=max_length)
-    # The stem is cut from the end, and the prefix fits, so the prefix always survives.
-    assert slug.startswith(prefix + "--") or slug.startswith(prefix + _HASH_MARK)
+    # The stem is cut from the end and the prefix fits, so ``<prefix>--`` always survives
+    # (as ``<prefix>---<hash>`` at the shortest).
+    assert slug.startswith(prefix + "--")
     return slug
 
 
