@@ -84,7 +84,6 @@ from services.sample_gateway.deidentify import (
     SAFE_TEXT_KEYWORDS,
     DeidPolicy,
     UnsupportedObject,
-    _method_values,
     deidentify,
     is_well_known_uid,
 )
@@ -124,7 +123,7 @@ DICOM_MARKERS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "PatientID
                  "PatientName", "Modality", "PixelData", "DirectoryRecordSequence")
 FIXED_STRINGS = [
     DUMMY_TEXT,
-    *_method_values(POLICY),
+    *POLICY.method_values(),
     annex_e.BASIC_PROFILE_CODE[2],
     annex_e.MODIFIED_DATES_CODE[2],
     annex_e.CLEAN_DESCRIPTORS_CODE[2],

@@ -236,9 +236,19 @@ class DeidPolicy:
     def method_label(self) -> str:
         return f"{self.method_name} {self.method_version}".strip()
 
+    def method_values(self) -> list[str]:
+        """The DeidentificationMethod values written (LO, 64 characters each)."""
+        values = [self.method_label, "DICOM PS3.15 Annex E Basic Profile",
+                  "Retain Longitudinal Temporal Info Modified Dates"]
+        if self.keep_descriptors:
+            values.append("Clean Descriptors")
+        if self.retain_patient_characteristics:
+            values.append("Retain Patient Characteristics")
+        return values
+
     def method_description(self) -> str:
         """One line naming the method, profile and options, e.g. for a manifest."""
-        return f"{self.method_label}: " + "; ".join(_method_values(self)[1:])
+        return f"{self.method_label}: " + "; ".join(self.method_values()[1:])
 
     @property
     def options(self) -> annex_e.Options:
@@ -490,9 +500,7 @@ def _convert(ds: Dataset, tag: int, encodings: list[str]) -> DataElement | None:
     raw = ds.get_item(tag)
     if raw is None or isinstance(raw, DataElement):
         return raw
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return convert_raw_data_element(raw, encoding=encodings, ds=ds)
+    return convert_raw_data_element(raw, encoding=encodings, ds=ds)
 
 
 # ---------------------------------------------------------------------------
@@ -520,22 +528,21 @@ class _ResolvedCharset:
             terms = [str(v).strip() for v in _values(value)] if value else []
         if not terms or terms == [""]:
             return cls([_charset.default_encoding], None)
-        problem = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
+        # Checked here rather than by catching pydicom's warnings: warnings filters
+        # are process-wide and deidentify() runs in worker threads.
+        bad = [t for t in terms if t and t not in _charset.python_encoding]
+        if bad:
+            try:  # pydicom corrects common misspellings ("ISO IR 100"), with a warning
                 encodings = _charset.convert_encodings(list(terms))
             except LookupError:
                 encodings = [_charset.default_encoding]
-                problem = "unknown"
-        bad = [t for t in terms if t and t not in _charset.python_encoding]
-        if caught or bad or problem:
             return cls(
                 encodings,
                 "ISO_IR 192",
                 f"invalid SpecificCharacterSet {'/'.join(terms)!r}: decoded with "
                 f"{'/'.join(encodings)}, written as ISO_IR 192 (UTF-8)",
             )
+        encodings = _charset.convert_encodings(list(terms))
         return cls(encodings, terms if len(terms) > 1 else terms[0])
 
 
@@ -870,16 +877,6 @@ def _method_codes(policy: DeidPolicy) -> Sequence:
     return Sequence(items)
 
 
-def _method_values(policy: DeidPolicy) -> list[str]:
-    values = [policy.method_label, "DICOM PS3.15 Annex E Basic Profile",
-              "Retain Longitudinal Temporal Info Modified Dates"]
-    if policy.keep_descriptors:
-        values.append("Clean Descriptors")
-    if policy.retain_patient_characteristics:
-        values.append("Retain Patient Characteristics")
-    return values
-
-
 def _transfer_syntax(source: Dataset) -> tuple[UID, tuple[bool, bool]]:
     meta = getattr(source, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -947,7 +944,7 @@ def deidentify(ds: Dataset, keys: ProjectKeys, policy: DeidPolicy | None = None)
     if helper.charset.output_value is not None:
         out.SpecificCharacterSet = helper.charset.output_value
     out.PatientIdentityRemoved = "YES"
-    out.DeidentificationMethod = _method_values(policy)
+    out.DeidentificationMethod = policy.method_values()
     out.DeidentificationMethodCodeSequence = _method_codes(policy)
     out.LongitudinalTemporalInformationModified = "MODIFIED"
     if "PatientName" not in out:
