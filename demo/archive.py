@@ -53,15 +53,15 @@ from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, RLELossless, UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, RLELossless, generate_uid
 
 __all__ = [
-    "ArchiveBuildError",
-    "ArchiveEntry",
-    "DemoArchive",
     "BENCHMARK_SERIES_DESCRIPTION",
     "BENCHMARK_SERIES_LENGTH",
     "INDEX_NAME",
+    "ArchiveBuildError",
+    "ArchiveEntry",
+    "DemoArchive",
     "build_archive",
     "load_archive",
     "main",
@@ -444,9 +444,9 @@ class _Reidentifier:
                 if elem.VR == "SQ":
                     for item in elem.value:
                         visit(item)
-                elif elem.tag.is_private and not elem.tag.is_private_creator:
-                    if carries(elem.value):
-                        del d[elem.tag]
+                elif (elem.tag.is_private and not elem.tag.is_private_creator
+                      and carries(elem.value)):
+                    del d[elem.tag]
 
         visit(ds)
 

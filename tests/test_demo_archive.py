@@ -226,11 +226,11 @@ def test_outdir_rules_and_cli(tmp_path: Path) -> None:
 
     out = tmp_path / "cli"
     run = [sys.executable, "-m", "demo.archive", str(out), "--seed", "cli-seed"]
-    first = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    first = subprocess.run(run, check=False, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "85 files" in first.stdout and "CT Thorax 5 mm (benchmark)" in first.stdout
     assert load_archive(out).seed == "cli-seed"
-    refused = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(run, check=False, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "not empty" in refused.stderr
-    replaced = subprocess.run(run + ["--overwrite"], capture_output=True, text=True, timeout=120)
+    replaced = subprocess.run(run + ["--overwrite"], check=False, capture_output=True, text=True, timeout=120)
     assert replaced.returncode == 0, replaced.stderr
