@@ -14,7 +14,8 @@ orthanc-gdcm 1.5 with GDCM 3.0.21), checked on these machines:
   interfaces (``0.0.0.0``); Orthanc 1.10 has no option to bind 127.0.0.1 only
   (``HttpBindAddresses`` appeared in the Orthanc mainline in September 2025, for HTTP only).
   What protects this server is therefore its configuration: ``RemoteAccessAllowed: false``
-  (HTTP requests from any address but loopback are refused with 403, credentials or not),
+  (HTTP requests from any address but loopback are refused, credentials or not: Orthanc
+  answers 401 as for a wrong password),
   HTTP basic authentication for every request, and for DICOM a called-AET check, no
   ``DicomAlwaysAllow*`` and registered modalities whose host is checked
   (``DicomCheckModalityHost``): an association from an unknown AET, or from a known AET at
@@ -27,8 +28,9 @@ orthanc-gdcm 1.5 with GDCM 3.0.21), checked on these machines:
   handles JPEG, JPEG-LS and RLE), *decoding* JPEG 2000 (``/preview``, ``/rendered``) is fine,
   but *transcoding* JPEG 2000 to another syntax through GDCM (a WADO-RS request without
   ``transfer-syntax=*``, ``/modify`` with ``Transcode``, a C-GET/C-STORE to a peer that does
-  not accept JPEG 2000) segfaults the whole server in ``gdcm::ImageWriter::Write`` after a
-  few requests (seen on 5 of 8 JPEG 2000 files from pydicom's test data). Clients must ask
+  not accept JPEG 2000) segfaults the whole server in ``gdcm::ImageWriter::Write``,
+  intermittently: the same CT file survived 1 to 6 transcodes before the crash, and single
+  requests crashed it for several of the 10 JPEG 2000 test files tried. Clients must ask
   WADO-RS for ``transfer-syntax=*`` (as stored) and decode themselves (pydicom + pylibjpeg);
   by default this configuration also turns off transcoding on the DICOM protocol, so a DIMSE
   peer that does not propose the stored syntax gets a failed sub-operation, not a dead PACS.
