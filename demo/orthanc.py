@@ -498,13 +498,13 @@ class OrthancServer:
                 self._wait_ready()
                 return self
             except OrthancStartError as exc:
-                self.stop(_keep_storage=True)
+                self._shutdown(0.0, keep_storage=True)
                 if not (exc.port_in_use and attempt + 1 < attempts):
                     self._cleanup_storage()
                     raise
         raise AssertionError("unreachable")
 
-    def stop(self, timeout: float = 10.0, *, _keep_storage: bool = False) -> int | None:
+    def stop(self, timeout: float = 10.0) -> int | None:
         """Stop Orthanc; returns its exit status.
 
         With a given ``storage_dir`` Orthanc is asked to shut down (SIGTERM; it takes about
@@ -513,6 +513,9 @@ class OrthancServer:
         twice. Removes the private configuration folder (it holds the passwords) and, unless
         ``storage_dir`` was given, the storage.
         """
+        return self._shutdown(timeout, keep_storage=False)
+
+    def _shutdown(self, timeout: float, *, keep_storage: bool) -> int | None:
         run, self._run = self._run, None
         code: int | None = None
         if run is not None:
@@ -522,7 +525,7 @@ class OrthancServer:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        if not _keep_storage:
+        if not keep_storage:
             self._cleanup_storage()
         return code
 
