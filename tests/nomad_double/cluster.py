@@ -1,0 +1,1025 @@
+"""The double's state: jobs, evaluations, allocations, variables, services, and their indexes.
+
+Everything here runs on the double's own event loop (see :mod:`.server`). Each write bumps
+the Raft-like index, as Nomad's state store does: a single object answers with its
+``ModifyIndex``, a list with its table's index, and blocking queries wait for a larger one.
+
+Lifecycles follow Nomad's: a registered job gets an evaluation, which the scheduler
+(:mod:`.scheduler`) completes with an allocation or with ``FailedTGAllocs`` plus a blocked
+evaluation that is retried when capacity frees up; an allocation's task goes through
+``Received``, ``Task Setup``, templates, the driver, ``Started``; it ends with
+``Terminated``/``Not Restarting`` (restart attempts 0) or ``Killing``/``Killed`` on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from .scheduler import Node, Usage, place
+from .tasks import Missing, TemplateError, interpolate, parse_env_file, render_template
+
+TERMINAL = frozenset({"complete", "failed", "lost"})
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Timeline:
+    """When things happened to one allocation (monotonic seconds), for tests and benchmarks."""
+
+    registered: float = 0.0
+    placed: float = 0.0
+    running: float = 0.0
+    stopped: float = 0.0
+
+
+@dataclass
+class AllocRecord:
+    data: dict[str, Any]
+    node: Node
+    process: subprocess.Popen[bytes] | None = None
+    runner: asyncio.Task[None] | None = None
+    killing: bool = False
+    lost: bool = False
+    timeline: Timeline = field(default_factory=Timeline)
+    task_dir: Path | None = None
+
+
+class Cluster:
+    def __init__(
+        self,
+        nodes: list[Node],
+        *,
+        root_dir: Path,
+        region: str = "global",
+        namespaces: tuple[str, ...] = ("default",),
+        schedule_delay: float = 0.02,
+        step_delay: float = 0.01,
+        image_pull_seconds: float = 0.3,
+        max_kill_wait: float = 5.0,
+        csi_volumes: set[str] | None = None,
+    ) -> None:
+        self.nodes = nodes
+        self.root_dir = root_dir
+        self.region = region
+        self.namespaces = set(namespaces)
+        self.schedule_delay = schedule_delay
+        self.step_delay = step_delay
+        self.image_pull_seconds = image_pull_seconds
+        self.max_kill_wait = max_kill_wait
+        self.csi_volumes = set(csi_volumes or ())
+        self.index = 1
+        self.table_index = {"jobs": 1, "evals": 1, "allocs": 1, "vars": 1, "services": 1}
+        self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.evals: dict[str, dict[str, Any]] = {}
+        self.allocs: dict[str, AllocRecord] = {}
+        self.variables: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[str, dict[str, Any]] = {}
+        self.driver_failures: list[str] = []
+        self._changed = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # Indexes and change notification ------------------------------------------------------------
+    def bump(self, *tables: str) -> int:
+        self.index += 1
+        for table in tables:
+            self.table_index[table] = self.index
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self.index
+
+    async def wait_change(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout=max(timeout, 0))
+        except TimeoutError:
+            pass
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # Jobs ---------------------------------------------------------------------------------------
+    def register_job(self, namespace: str, job: dict[str, Any]) -> tuple[int, Any]:
+        ns = job.get("Namespace") or namespace
+        if ns not in self.namespaces:
+            return 400, f'job "{job.get("ID")}" is in nonexistent namespace "{ns}"'
+        problems = _job_problems(job)
+        if problems:
+            return 400, f"{len(problems)} errors occurred:\n" + "".join(
+                f"\t* {p}\n" for p in problems
+            )
+        key = (ns, str(job["ID"]))
+        old = self.jobs.get(key)
+        stored = copy.deepcopy(job)
+        stored["Namespace"] = ns
+        stored.setdefault("Name", job["ID"])
+        stored.setdefault("Region", self.region)
+        stored.setdefault("Priority", 50)
+        stored.setdefault("NodePool", "default")
+        stored["Stop"] = False
+        stored["SubmitTime"] = _now_ns()
+        index = self.bump("jobs")
+        same = old is not None and not old.get("Stop") and _spec(old) == _spec(stored)
+        stored["Version"] = (old["Version"] + (0 if same else 1)) if old else 0
+        stored["CreateIndex"] = old["CreateIndex"] if old else index
+        stored["ModifyIndex"] = index
+        stored["JobModifyIndex"] = old["JobModifyIndex"] if same and old else index
+        stored["Status"] = old["Status"] if old else "pending"
+        self.jobs[key] = stored
+        evaluation = self._new_eval(stored, "job-register")
+        self._spawn(self._process_eval(evaluation["ID"]))
+        return 200, {
+            "EvalID": evaluation["ID"],
+            "EvalCreateIndex": evaluation["CreateIndex"],
+            "JobModifyIndex": stored["JobModifyIndex"],
+            "Warnings": "",
+            "KnownLeader": True,
+            "LastContact": 0,
+            "LastIndex": evaluation["CreateIndex"],
+        }
+
+    def deregister_job(self, namespace: str, job_id: str, purge: bool) -> tuple[int, Any]:
+        key = (namespace, job_id)
+        job = self.jobs.get(key)
+        if job is None:
+            return 404, "job not found"
+        for ev in self.evals.values():
+            if ev["JobID"] == job_id and ev["Namespace"] == namespace and ev["Status"] == "blocked":
+                ev["Status"] = "canceled"
+                ev["StatusDescription"] = "evaluation canceled because the job was stopped"
+                ev["ModifyIndex"] = self.bump("evals")
+        job["Stop"] = True
+        job["ModifyIndex"] = job["JobModifyIndex"] = self.bump("jobs")
+        evaluation = self._new_eval(job, "job-deregister")
+        if purge:
+            del self.jobs[key]
+            self.bump("jobs")
+        self._spawn(self._process_eval(evaluation["ID"]))
+        return 200, {
+            "EvalID": evaluation["ID"],
+            "EvalCreateIndex": evaluation["CreateIndex"],
+            "JobModifyIndex": job["JobModifyIndex"],
+            "KnownLeader": True,
+            "LastContact": 0,
+            "LastIndex": evaluation["CreateIndex"],
+        }
+
+    def job_status(self, namespace: str, job_id: str) -> str:
+        job = self.jobs.get((namespace, job_id))
+        allocs = self._job_allocs(namespace, job_id)
+        if job is not None and job.get("Stop"):
+            return "dead" if all(a.data["ClientStatus"] in TERMINAL for a in allocs) else "running"
+        if any(a.data["ClientStatus"] not in TERMINAL for a in allocs):
+            return "running"
+        if any(
+            e["JobID"] == job_id
+            and e["Namespace"] == namespace
+            and e["Status"] in {"pending", "blocked"}
+            for e in self.evals.values()
+        ):
+            return "pending"
+        return "dead" if allocs else "pending"
+
+    def job_view(self, namespace: str, job_id: str) -> dict[str, Any] | None:
+        job = self.jobs.get((namespace, job_id))
+        if job is None:
+            return None
+        view = copy.deepcopy(job)
+        view["Status"] = self.job_status(namespace, job_id)
+        return view
+
+    def job_stubs(self, namespace: str, prefix: str) -> list[dict[str, Any]]:
+        out = []
+        for (ns, job_id), job in sorted(self.jobs.items()):
+            if ns != namespace or not job_id.startswith(prefix):
+                continue
+            out.append(
+                {
+                    "ID": job_id,
+                    "Name": job["Name"],
+                    "Namespace": ns,
+                    "Type": job["Type"],
+                    "Priority": job["Priority"],
+                    "Status": self.job_status(ns, job_id),
+                    "Stop": job["Stop"],
+                    "Datacenters": job.get("Datacenters"),
+                    "SubmitTime": job["SubmitTime"],
+                    "CreateIndex": job["CreateIndex"],
+                    "ModifyIndex": job["ModifyIndex"],
+                    "JobModifyIndex": job["JobModifyIndex"],
+                    "ParentID": "",
+                    "Periodic": False,
+                    "ParameterizedJob": False,
+                    "StatusDescription": "",
+                }
+            )
+        return out
+
+    # Evaluations ----------------------------------------------------------------------------------
+    def _new_eval(
+        self, job: Mapping[str, Any], trigger: str, status: str = "pending"
+    ) -> dict[str, Any]:
+        index = self.bump("evals")
+        evaluation = {
+            "ID": str(uuid.uuid4()),
+            "Namespace": job["Namespace"],
+            "Priority": job.get("Priority", 50),
+            "Type": job.get("Type", "service"),
+            "TriggeredBy": trigger,
+            "JobID": job["ID"],
+            "JobModifyIndex": job.get("JobModifyIndex", index),
+            "Status": status,
+            "StatusDescription": "",
+            "FailedTGAllocs": None,
+            "BlockedEval": "",
+            "QueuedAllocations": None,
+            "CreateIndex": index,
+            "ModifyIndex": index,
+            "CreateTime": _now_ns(),
+            "ModifyTime": _now_ns(),
+            "PreviousEval": "",
+            "NextEval": "",
+        }
+        self.evals[evaluation["ID"]] = evaluation
+        return evaluation
+
+    def _finish_eval(self, evaluation: dict[str, Any], **changes: Any) -> None:
+        evaluation.update(changes)
+        evaluation.setdefault("Status", "complete")
+        evaluation["ModifyTime"] = _now_ns()
+        evaluation["ModifyIndex"] = self.bump("evals", "jobs")
+
+    async def _process_eval(self, eval_id: str) -> None:
+        await asyncio.sleep(self.schedule_delay)
+        evaluation = self.evals[eval_id]
+        if evaluation["Status"] not in {"pending", "blocked"}:
+            return
+        namespace, job_id = evaluation["Namespace"], evaluation["JobID"]
+        job = self.jobs.get((namespace, job_id))
+        live = [
+            a
+            for a in self._job_allocs(namespace, job_id, all_instances=True)
+            if a.data["DesiredStatus"] == "run"
+        ]
+        if job is None or job.get("Stop"):
+            for record in live:
+                self._stop_alloc(record, "alloc not needed due to job update")
+            self._finish_eval(evaluation, Status="complete")
+            return
+        current = [
+            a
+            for a in live
+            if a.data["Job"]["Version"] == job["Version"]
+            and a.data["Job"]["CreateIndex"] == job["CreateIndex"]
+        ]
+        if current:
+            self._finish_eval(
+                evaluation,
+                Status="complete",
+                QueuedAllocations={g["Name"]: 0 for g in job["TaskGroups"]},
+            )
+            return
+        failed: dict[str, Any] = {}
+        placed: list[AllocRecord] = []
+        for record in live:
+            self._stop_alloc(record, "alloc is being updated due to job update")
+        for group in job["TaskGroups"]:
+            placement, metric = place(job, group, self.nodes, self._usage(), self.csi_volumes)
+            if placement is None:
+                failed[group["Name"]] = metric
+                continue
+            placed.append(self._new_alloc(job, group, evaluation, placement, metric))
+        if failed:
+            if evaluation["Status"] == "blocked":
+                evaluation["ModifyIndex"] = self.bump("evals")
+                return  # stays blocked until capacity changes
+            blocked = self._new_eval(job, "queued-allocs", status="blocked")
+            blocked["PreviousEval"] = eval_id
+            self._finish_eval(
+                evaluation,
+                Status="complete",
+                FailedTGAllocs=failed,
+                BlockedEval=blocked["ID"],
+                QueuedAllocations={name: 1 for name in failed},
+            )
+        else:
+            self._finish_eval(
+                evaluation,
+                Status="complete",
+                QueuedAllocations={g["Name"]: 0 for g in job["TaskGroups"]},
+            )
+        for record in placed:
+            record.runner = self._spawn(self._run_alloc(record))
+
+    def _retry_blocked(self) -> None:
+        for evaluation in list(self.evals.values()):
+            if evaluation["Status"] == "blocked":
+                self._spawn(self._process_eval(evaluation["ID"]))
+
+    def eval_view(self, eval_id: str) -> dict[str, Any] | None:
+        evaluation = self.evals.get(eval_id)
+        return copy.deepcopy(evaluation) if evaluation else None
+
+    def job_evals(self, namespace: str, job_id: str) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(e)
+            for e in self.evals.values()
+            if e["JobID"] == job_id and e["Namespace"] == namespace
+        ]
+
+    # Allocations ----------------------------------------------------------------------------------
+    def _usage(self) -> dict[str, Usage]:
+        usage: dict[str, Usage] = {}
+        for record in self.allocs.values():
+            if record.data["ClientStatus"] in TERMINAL:
+                continue
+            used = usage.setdefault(record.node.name, Usage())
+            for task in record.data["AllocatedResources"]["Tasks"].values():
+                used.cpu += task["Cpu"]["CpuShares"]
+                used.memory += task["Memory"]["MemoryMB"]
+                used.cores += len(task["Cpu"].get("ReservedCores") or [])
+                for device in task.get("Devices") or []:
+                    for device_id in device["DeviceIDs"]:
+                        used.devices[device_id] = 1
+        return usage
+
+    def _new_alloc(
+        self,
+        job: dict[str, Any],
+        group: dict[str, Any],
+        evaluation: dict[str, Any],
+        placement: Any,
+        metric: dict[str, Any],
+    ) -> AllocRecord:
+        node: Node = placement.node
+        alloc_id = str(uuid.uuid4())
+        ports = []
+        for network in group.get("Networks") or []:
+            for port in network.get("DynamicPorts") or []:
+                ports.append(
+                    {
+                        "Label": port["Label"],
+                        "Value": _free_port(node.ip),
+                        "To": port.get("To", 0),
+                        "HostIP": node.ip,
+                    }
+                )
+            for port in network.get("ReservedPorts") or []:
+                ports.append(
+                    {
+                        "Label": port["Label"],
+                        "Value": port["Value"],
+                        "To": port.get("To", 0),
+                        "HostIP": node.ip,
+                    }
+                )
+        tasks_alloc: dict[str, Any] = {}
+        for task in group["Tasks"]:
+            res = task.get("Resources") or {}
+            devices = [
+                {"Vendor": g.vendor, "Type": g.type, "Name": g.name, "DeviceIDs": ids}
+                for g, ids in placement.devices
+            ]
+            tasks_alloc[task["Name"]] = {
+                "Cpu": {
+                    "CpuShares": int(res.get("CPU") or 0),
+                    "ReservedCores": list(range(int(res.get("Cores") or 0))),
+                },
+                "Memory": {
+                    "MemoryMB": int(res.get("MemoryMB") or 0),
+                    "MemoryMaxMB": int(res.get("MemoryMaxMB") or 0),
+                },
+                "Devices": devices or None,
+                "Networks": None,
+            }
+        index = self.bump("allocs", "jobs")
+        data = {
+            "ID": alloc_id,
+            "Namespace": job["Namespace"],
+            "EvalID": evaluation["ID"],
+            "Name": f"{job['ID']}.{group['Name']}[0]",
+            "NodeID": node.id,
+            "NodeName": node.name,
+            "JobID": job["ID"],
+            "Job": copy.deepcopy(job),
+            "TaskGroup": group["Name"],
+            "DesiredStatus": "run",
+            "DesiredDescription": "",
+            "DesiredTransition": {},
+            "ClientStatus": "pending",
+            "ClientDescription": "No tasks have started",
+            "TaskStates": {
+                t["Name"]: {
+                    "State": "pending",
+                    "Failed": False,
+                    "Restarts": 0,
+                    "StartedAt": None,
+                    "FinishedAt": None,
+                    "LastRestart": None,
+                    "Events": [],
+                }
+                for t in group["Tasks"]
+            },
+            "AllocatedResources": {
+                "Tasks": tasks_alloc,
+                "Shared": {
+                    "DiskMB": 300,
+                    "Networks": [
+                        {
+                            "Mode": "host",
+                            "IP": node.ip,
+                            "DynamicPorts": [
+                                {
+                                    "Label": p["Label"],
+                                    "Value": p["Value"],
+                                    "To": p["To"],
+                                    "HostNetwork": "default",
+                                }
+                                for p in ports
+                            ],
+                        }
+                    ],
+                    "Ports": ports,
+                },
+            },
+            "Metrics": metric,
+            "CreateIndex": index,
+            "ModifyIndex": index,
+            "AllocModifyIndex": index,
+            "CreateTime": _now_ns(),
+            "ModifyTime": _now_ns(),
+            "PreviousAllocation": "",
+            "NextAllocation": "",
+            "FollowupEvalID": "",
+        }
+        record = AllocRecord(data=data, node=node)
+        record.timeline.registered = time.monotonic()
+        record.timeline.placed = time.monotonic()
+        self.allocs[alloc_id] = record
+        return record
+
+    def _touch(self, record: AllocRecord) -> None:
+        record.data["ModifyTime"] = _now_ns()
+        record.data["ModifyIndex"] = self.bump("allocs", "jobs")
+
+    def _event(self, record: AllocRecord, task: str, kind: str, message: str, **extra: Any) -> None:
+        event = {
+            "Type": kind,
+            "Time": _now_ns(),
+            "DisplayMessage": message,
+            "Details": {},
+            "FailsTask": False,
+            "ExitCode": 0,
+            "Signal": 0,
+            "Message": "",
+            "DriverError": "",
+            "SetupError": "",
+            "KillReason": "",
+            "DriverMessage": "",
+        }
+        event.update(extra)
+        record.data["TaskStates"][task]["Events"].append(event)
+        self._touch(record)
+
+    def _set_client_status(self, record: AllocRecord, status: str, description: str) -> None:
+        was_live = record.data["ClientStatus"] not in TERMINAL
+        record.data["ClientStatus"] = status
+        record.data["ClientDescription"] = description
+        self._touch(record)
+        if status in TERMINAL and was_live:
+            record.timeline.stopped = time.monotonic()
+            self._deregister_services(record)
+            self._retry_blocked()
+
+    def stub(self, record: AllocRecord) -> dict[str, Any]:
+        data = record.data
+        keys = (
+            "ID",
+            "Namespace",
+            "EvalID",
+            "Name",
+            "NodeID",
+            "NodeName",
+            "JobID",
+            "TaskGroup",
+            "DesiredStatus",
+            "DesiredDescription",
+            "ClientStatus",
+            "ClientDescription",
+            "TaskStates",
+            "CreateIndex",
+            "ModifyIndex",
+            "CreateTime",
+            "ModifyTime",
+            "FollowupEvalID",
+            "AllocatedResources",
+        )
+        out = {k: copy.deepcopy(data[k]) for k in keys}
+        out["JobVersion"] = data["Job"]["Version"]
+        out["JobType"] = data["Job"].get("Type", "service")
+        return out
+
+    def _job_allocs(
+        self, namespace: str, job_id: str, all_instances: bool = False
+    ) -> list[AllocRecord]:
+        """A job's allocations; like Nomad, only the current instance's unless ``all``."""
+        job = self.jobs.get((namespace, job_id))
+        return [
+            r
+            for r in self.allocs.values()
+            if r.data["JobID"] == job_id
+            and r.data["Namespace"] == namespace
+            and (all_instances or job is None or r.data["Job"]["CreateIndex"] == job["CreateIndex"])
+        ]
+
+    def job_alloc_stubs(
+        self, namespace: str, job_id: str, all_instances: bool = False
+    ) -> list[dict[str, Any]]:
+        return [self.stub(r) for r in self._job_allocs(namespace, job_id, all_instances)]
+
+    def eval_alloc_stubs(self, eval_id: str) -> list[dict[str, Any]]:
+        return [self.stub(r) for r in self.allocs.values() if r.data["EvalID"] == eval_id]
+
+    def alloc_stubs(self, namespace: str) -> list[dict[str, Any]]:
+        return [self.stub(r) for r in self.allocs.values() if r.data["Namespace"] == namespace]
+
+    def alloc_view(self, alloc_id: str) -> dict[str, Any] | None:
+        record = self.allocs.get(alloc_id)
+        return copy.deepcopy(record.data) if record else None
+
+    # Running a task -------------------------------------------------------------------------------
+    async def _run_alloc(self, record: AllocRecord) -> None:
+        group = next(
+            g for g in record.data["Job"]["TaskGroups"] if g["Name"] == record.data["TaskGroup"]
+        )
+        await asyncio.gather(*(self._run_task(record, group, task) for task in group["Tasks"]))
+
+    def _task_env(
+        self, record: AllocRecord, group: Mapping[str, Any], task: Mapping[str, Any], task_dir: Path
+    ) -> dict[str, str]:
+        data, node = record.data, record.node
+        job = data["Job"]
+        res = task.get("Resources") or {}
+        env = {
+            "NOMAD_ALLOC_DIR": str(task_dir.parent / "alloc"),
+            "NOMAD_TASK_DIR": str(task_dir / "local"),
+            "NOMAD_SECRETS_DIR": str(task_dir / "secrets"),
+            "NOMAD_ALLOC_ID": data["ID"],
+            "NOMAD_SHORT_ALLOC_ID": data["ID"][:8],
+            "NOMAD_ALLOC_NAME": data["Name"],
+            "NOMAD_ALLOC_INDEX": "0",
+            "NOMAD_GROUP_NAME": group["Name"],
+            "NOMAD_TASK_NAME": task["Name"],
+            "NOMAD_JOB_ID": job["ID"],
+            "NOMAD_JOB_NAME": job["Name"],
+            "NOMAD_NAMESPACE": job["Namespace"],
+            "NOMAD_REGION": job.get("Region", self.region),
+            "NOMAD_DC": node.datacenter,
+            "NOMAD_CPU_LIMIT": str(res.get("CPU") or 0),
+            "NOMAD_MEMORY_LIMIT": str(res.get("MemoryMB") or 0),
+        }
+        for port in data["AllocatedResources"]["Shared"]["Ports"]:
+            label, host_port = port["Label"], port["Value"]
+            env[f"NOMAD_IP_{label}"] = node.ip
+            env[f"NOMAD_HOST_IP_{label}"] = node.ip
+            env[f"NOMAD_PORT_{label}"] = str(host_port)  # no container network here
+            env[f"NOMAD_HOST_PORT_{label}"] = str(host_port)
+            env[f"NOMAD_ADDR_{label}"] = f"{node.ip}:{host_port}"
+            env[f"NOMAD_HOST_ADDR_{label}"] = f"{node.ip}:{host_port}"
+            if port.get("To"):
+                env[f"NOMAD_ALLOC_PORT_{label}"] = str(port["To"])
+        for key, value in (job.get("Meta") or {}).items():
+            env[f"NOMAD_META_{key}"] = str(value)
+        return env
+
+    def _interpolation_values(self, record: AllocRecord, env: Mapping[str, str]) -> dict[str, str]:
+        node = record.node
+        values = dict(env)
+        values.update({f"attr.{k}": v for k, v in node.attributes.items()})
+        values.update({f"meta.{k}": v for k, v in node.meta.items()})
+        values.update(
+            {
+                "node.unique.name": node.name,
+                "node.unique.id": node.id,
+                "node.datacenter": node.datacenter,
+                "node.class": node.node_class,
+                "node.region": self.region,
+            }
+        )
+        return values
+
+    def _readable_variable(
+        self, record: AllocRecord, group: str, task: str, path: str
+    ) -> Mapping[str, str] | None:
+        job_id = record.data["JobID"]
+        allowed = {
+            f"nomad/jobs/{job_id}",
+            f"nomad/jobs/{job_id}/{group}",
+            f"nomad/jobs/{job_id}/{group}/{task}",
+        }
+        if path not in allowed:
+            return None  # workload identities read their own job's paths only
+        variable = self.variables.get((record.data["Namespace"], path))
+        return variable["Items"] if variable else None
+
+    async def _run_task(
+        self, record: AllocRecord, group: Mapping[str, Any], task: Mapping[str, Any]
+    ) -> None:
+        name = task["Name"]
+        await asyncio.sleep(self.step_delay)
+        self._event(record, name, "Received", "Task received by client")
+        await asyncio.sleep(self.step_delay)
+        task_dir = self.root_dir / "alloc" / record.data["ID"] / name
+        for sub in ("local", "secrets", "tmp"):
+            (task_dir / sub).mkdir(parents=True, exist_ok=True)
+        (task_dir.parent / "alloc" / "logs").mkdir(parents=True, exist_ok=True)
+        record.task_dir = task_dir
+        self._event(
+            record, name, "Task Setup", "Building Task Directory", Message="Building Task Directory"
+        )
+        env = self._task_env(record, group, task, task_dir)
+        values = self._interpolation_values(record, env)
+
+        template_env: dict[str, str] = {}
+        for template in task.get("Templates") or []:
+            said_missing = False
+            while True:
+                try:
+                    rendered = render_template(
+                        template.get("EmbeddedTmpl", ""),
+                        lambda p: self._readable_variable(record, group["Name"], name, p),
+                    )
+                except TemplateError as exc:
+                    self._fail_task(
+                        record,
+                        name,
+                        "Setup Failure",
+                        f"Template failed: {exc}",
+                        SetupError=f"Template failed: {exc}",
+                    )
+                    return
+                if not isinstance(rendered, Missing):
+                    break
+                if not said_missing:
+                    ns = record.data["Namespace"]
+                    self._event(
+                        record,
+                        name,
+                        "Template",
+                        f"Missing: nomad.var.block({rendered.path}@{ns}.{self.region})",
+                    )
+                    said_missing = True
+                await self.wait_change(1.0)
+                if record.killing or record.lost:
+                    return
+            dest = task_dir / str(template.get("DestPath", "local/template.out"))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(rendered)
+            os.chmod(dest, int(str(template.get("Perms") or "0644"), 8))
+            if template.get("Envvars"):
+                template_env.update(parse_env_file(rendered))
+
+        driver = task["Driver"]
+        config = dict(task.get("Config") or {})
+        if self.driver_failures:
+            message = self.driver_failures.pop(0)
+            self._fail_task(record, name, "Driver Failure", message, DriverError=message)
+            return
+        if driver == "docker":
+            image = str(config.get("image", ""))
+            self._event(
+                record, name, "Driver", "Downloading image", DriverMessage="Downloading image"
+            )
+            layers = 3
+            for done in range(1, layers + 1):
+                await asyncio.sleep(self.image_pull_seconds / layers)
+                if record.killing or record.lost:
+                    return
+                self._event(
+                    record,
+                    name,
+                    "Driver",
+                    f"Docker image pull progress: Pulled {done}/{layers} (12.5 MiB/37.5 MiB) "
+                    f"layers: 0 waiting/{layers - done} pulling - est 0.1s remaining",
+                    DriverMessage="image pull progress",
+                )
+            if not config.get("command"):
+                message = (
+                    f"the Nomad test double cannot run image {image!r} without a "
+                    "'command' in the task config"
+                )
+                self._fail_task(record, name, "Driver Failure", message, DriverError=message)
+                return
+        command = str(config.get("command", ""))
+        args = [interpolate(str(a), values) for a in config.get("args") or []]
+        process_env = dict(os.environ)
+        process_env.update(env)
+        process_env.update(
+            {k: interpolate(str(v), values) for k, v in (task.get("Env") or {}).items()}
+        )
+        process_env.update(template_env)
+        logs = task_dir.parent / "alloc" / "logs"
+        if record.killing or record.lost:
+            return
+        try:
+            with (
+                open(logs / f"{name}.stdout.0", "ab") as out,
+                open(logs / f"{name}.stderr.0", "ab") as err,
+            ):
+                process = subprocess.Popen(  # noqa: S603 - the double runs what the job says
+                    [command, *args],
+                    env=process_env,
+                    cwd=task_dir,
+                    stdout=out,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            message = (
+                "failed to launch command with executor: rpc error: code = Unknown desc = "
+                f'exec: "{command}": {exc.strerror or exc}'
+            )
+            self._fail_task(record, name, "Driver Failure", message, DriverError=message)
+            return
+        record.process = process
+        state = record.data["TaskStates"][name]
+        state["State"] = "running"
+        state["StartedAt"] = _iso_now()
+        self._event(record, name, "Started", "Task started by client")
+        record.timeline.running = time.monotonic()
+        self._set_client_status(record, "running", "Tasks are running")
+        self._register_services(record, group)
+
+        code = await asyncio.get_running_loop().run_in_executor(None, process.wait)
+        signal_number = -code if code < 0 else 0
+        exit_code = code if code >= 0 else 128 + signal_number
+        if record.lost:
+            return
+        state["FinishedAt"] = _iso_now()
+        self._event(
+            record,
+            name,
+            "Terminated",
+            f"Exit Code: {exit_code}" + (f", Signal: {signal_number}" if signal_number else ""),
+            ExitCode=exit_code,
+            Signal=signal_number,
+        )
+        state["State"] = "dead"
+        if record.killing:
+            self._event(record, name, "Killed", "Task successfully killed")
+            self._set_client_status(record, "complete", "All tasks have completed")
+            return
+        state["Failed"] = True
+        self._event(
+            record,
+            name,
+            "Not Restarting",
+            'Exceeded allowed attempts 0 in interval 5m0s and mode is "fail"',
+            FailsTask=True,
+        )
+        self._set_client_status(record, "failed", "Failed tasks")
+
+    def _fail_task(
+        self, record: AllocRecord, task: str, kind: str, message: str, **extra: Any
+    ) -> None:
+        self._event(record, task, kind, message, FailsTask=True, **extra)
+        self._event(record, task, "Not Restarting", "Error was unrecoverable", FailsTask=True)
+        state = record.data["TaskStates"][task]
+        state["State"] = "dead"
+        state["Failed"] = True
+        state["FinishedAt"] = _iso_now()
+        self._set_client_status(record, "failed", "Failed tasks")
+
+    def _stop_alloc(self, record: AllocRecord, description: str) -> None:
+        data = record.data
+        if data["DesiredStatus"] == "stop":
+            return
+        data["DesiredStatus"] = "stop"
+        data["DesiredDescription"] = description
+        record.killing = True
+        self._touch(record)
+        if data["ClientStatus"] in TERMINAL:
+            return
+        process = record.process
+        if process is None or process.poll() is not None:
+            if record.runner and not record.runner.done() and process is None:
+                record.runner.cancel()
+            for task, state in data["TaskStates"].items():
+                if state["State"] != "dead":
+                    state["State"] = "dead"
+                    self._event(record, task, "Killed", "Task successfully killed")
+            self._set_client_status(record, "complete", "All tasks have completed")
+            return
+        task = next(iter(data["TaskStates"]))
+        task_spec = next(
+            t for g in data["Job"]["TaskGroups"] for t in g["Tasks"] if t["Name"] == task
+        )
+        kill_timeout = min(
+            int(task_spec.get("KillTimeout") or 5_000_000_000) / 1e9, self.max_kill_wait
+        )
+        self._event(
+            record,
+            task,
+            "Killing",
+            f"Sent interrupt. Waiting {kill_timeout:.0f}s before force killing",
+            KillTimeout=int(kill_timeout * 1e9),
+        )
+        sig = getattr(signal, str(task_spec.get("KillSignal") or "SIGINT"), signal.SIGINT)
+        _signal_group(process, sig)
+        self._spawn(self._force_kill(process, kill_timeout))
+
+    async def _force_kill(self, process: subprocess.Popen[bytes], after: float) -> None:
+        await asyncio.sleep(after)
+        if process.poll() is None:
+            _signal_group(process, signal.SIGKILL)
+
+    # Faults ---------------------------------------------------------------------------------------
+    def lose_alloc(self, alloc_id: str) -> None:
+        record = self.allocs[alloc_id]
+        record.lost = True
+        if record.process and record.process.poll() is None:
+            _signal_group(record.process, signal.SIGKILL)
+        for state in record.data["TaskStates"].values():
+            state["State"] = "dead"
+        record.data["DesiredStatus"] = "stop"
+        record.data["DesiredDescription"] = "alloc is lost since its node is down"
+        self._set_client_status(record, "lost", "")
+
+    def crash_task(self, alloc_id: str) -> None:
+        record = self.allocs[alloc_id]
+        if record.process and record.process.poll() is None:
+            _signal_group(record.process, signal.SIGKILL)
+
+    # Services -------------------------------------------------------------------------------------
+    def _register_services(self, record: AllocRecord, group: Mapping[str, Any]) -> None:
+        ports = {p["Label"]: p for p in record.data["AllocatedResources"]["Shared"]["Ports"]}
+        for service in group.get("Services") or []:
+            if service.get("Provider", "consul") != "nomad":
+                continue
+            port = ports.get(service.get("PortLabel", ""))
+            service_id = (
+                f"_nomad-task-{record.data['ID']}-group-{group['Name']}-{service['Name']}-"
+                f"{service.get('PortLabel', '')}"
+            )
+            index = self.bump("services")
+            self.services[service_id] = {
+                "ID": service_id,
+                "ServiceName": service["Name"],
+                "Namespace": record.data["Namespace"],
+                "NodeID": record.node.id,
+                "Datacenter": record.node.datacenter,
+                "JobID": record.data["JobID"],
+                "AllocID": record.data["ID"],
+                "Tags": list(service.get("Tags") or []),
+                "Address": record.node.ip,
+                "Port": port["Value"] if port else 0,
+                "CreateIndex": index,
+                "ModifyIndex": index,
+            }
+
+    def _deregister_services(self, record: AllocRecord) -> None:
+        gone = [k for k, s in self.services.items() if s["AllocID"] == record.data["ID"]]
+        for key in gone:
+            del self.services[key]
+        if gone:
+            self.bump("services")
+
+    def alloc_services(self, alloc_id: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(s) for s in self.services.values() if s["AllocID"] == alloc_id]
+
+    # Variables ------------------------------------------------------------------------------------
+    def put_variable(self, namespace: str, path: str, body: Mapping[str, Any]) -> tuple[int, Any]:
+        if namespace not in self.namespaces:
+            return 400, f'nonexistent namespace "{namespace}"'
+        items = body.get("Items")
+        if not isinstance(items, dict) or not items:
+            return 400, "variable missing required Items object"
+        key = (namespace, path)
+        old = self.variables.get(key)
+        index = self.bump("vars")
+        variable = {
+            "Namespace": namespace,
+            "Path": path,
+            "Items": {str(k): str(v) for k, v in items.items()},
+            "CreateIndex": old["CreateIndex"] if old else index,
+            "ModifyIndex": index,
+            "CreateTime": old["CreateTime"] if old else _now_ns(),
+            "ModifyTime": _now_ns(),
+        }
+        self.variables[key] = variable
+        return 200, copy.deepcopy(variable)
+
+    def delete_variable(self, namespace: str, path: str) -> tuple[int, Any]:
+        if self.variables.pop((namespace, path), None) is None:
+            return 404, "variable not found"
+        self.bump("vars")
+        return 204, None
+
+    # Shutdown -------------------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for record in self.allocs.values():
+            if record.process and record.process.poll() is None:
+                _signal_group(record.process, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for record in self.allocs.values():
+            process = record.process
+            if process is None:
+                continue
+            while process.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if process.poll() is None:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+
+    def remove_root(self) -> None:
+        shutil.rmtree(self.root_dir, ignore_errors=True)
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _iso_now() -> str:
+    from datetime import datetime
+
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+_VOLATILE = {
+    "SubmitTime",
+    "Version",
+    "CreateIndex",
+    "ModifyIndex",
+    "JobModifyIndex",
+    "Status",
+    "Stop",
+}
+
+
+def _spec(job: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in job.items() if k not in _VOLATILE}
+
+
+def _job_problems(job: Mapping[str, Any]) -> list[str]:
+    """A few of the checks ``Job.Validate`` does; the schema check happens before."""
+    problems = []
+    job_id = str(job.get("ID") or "")
+    if not job_id:
+        problems.append("Missing job ID")
+    if " " in job_id:
+        problems.append("Job ID contains a space")
+    if job.get("Type", "service") not in {"service", "batch", "system", "sysbatch"}:
+        problems.append(f"Invalid job type: {job.get('Type')!r}")
+    groups = job.get("TaskGroups") or []
+    if not groups:
+        problems.append("Missing job task groups")
+    for meta_value in (job.get("Meta") or {}).values():
+        if not isinstance(meta_value, str):
+            problems.append("Meta values must be strings")
+    for group in groups:
+        if not group.get("Name"):
+            problems.append("Missing task group name")
+        if not group.get("Tasks"):
+            problems.append(f"Task group {group.get('Name')} missing tasks")
+        for task in group.get("Tasks") or []:
+            if not task.get("Driver"):
+                problems.append(f"Task {task.get('Name')} missing driver")
+            if task.get("Driver") == "raw_exec" and task.get("VolumeMounts"):
+                problems.append(
+                    f"Task {task.get('Name')}: task driver raw_exec does not support volume mounts"
+                )
+            for mount in task.get("VolumeMounts") or []:
+                if mount.get("Volume") not in (group.get("Volumes") or {}):
+                    problems.append(
+                        f"Task {task.get('Name')}: volume_mount {mount.get('Volume')} has no volume"
+                    )
+    return problems
