@@ -166,6 +166,9 @@ def allocation_outcome(alloc: Mapping[str, Any], task: str) -> Outcome:
             "lost",
             1,
         )
+    if client == "complete" and desired in {"stop", "evict"}:
+        why = alloc.get("DesiredDescription") or desired
+        return Outcome("failed", f"Nomad stopped the server ({why})", "stopped", 0)
     if client in {"failed", "complete"}:
         text = _failure_text(alloc, task) or (
             "The server stopped before it was ready"

@@ -27,6 +27,8 @@ class PlacementFailure:
     message: str
     log_message: str
     reason: str
+    busy: bool = False
+    """Some node could run it if capacity were free: worth trying again later (HTTP 503)."""
 
 
 def _nodes(count: int) -> str:
@@ -152,4 +154,5 @@ def explain(
         message=message,
         log_message="placement failed: " + " | ".join(details),
         reason=reasons[0],
+        busy=busy,
     )
