@@ -1,0 +1,61 @@
+"""Errors the gateway shows to researchers, with a reason code and an HTTP status.
+
+Like Dask Gateway's PublicException: only these messages reach the user; anything else
+becomes a generic 500 with the detail in the gateway's log (which never holds patient data).
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status = 400
+    reason = "bad_request"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, status: int | None = None,
+        log_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.reason
+        self.status = status or self.status
+        self.log_message = log_message or message
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "reason": self.reason}}
+
+
+class NotAllowed(GatewayError):
+    """Not a member, approval expired, archive access not granted, modality not approved."""
+
+    status = 403
+    reason = "not_allowed"
+
+
+class LimitExceeded(GatewayError):
+    """A request above the project's sample limits; the message names limit and usage."""
+
+    status = 422
+    reason = "limit_exceeded"
+
+
+class BadRequest(GatewayError):
+    status = 422
+    reason = "bad_request"
+
+
+class ArchiveUnavailable(GatewayError):
+    """The archive is down, refused us, or answered garbage."""
+
+    status = 502
+    reason = "archive_unavailable"
+
+
+class ArchiveTimeout(GatewayError):
+    status = 504
+    reason = "archive_timeout"
+
+
+class NotFound(GatewayError):
+    status = 404
+    reason = "not_found"

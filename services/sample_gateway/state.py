@@ -1,0 +1,140 @@
+"""The gateway's private state: which pseudonymous study key stands for which study, and pulls.
+
+This database maps study keys back to archive UIDs, so it lives only in the gateway's own
+directory (mode 0700), is never mounted into a server and is never shown to researchers.
+Pulls carry a status; a pull still 'running' when the gateway starts was interrupted and is
+marked failed, with its partial files removed (see :mod:`.pulls`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from sqlalchemy import DateTime, Integer, String, Text, create_engine, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyKey(Base):
+    __tablename__ = "study_keys"
+
+    project: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(128))
+    issuer: Mapped[str] = mapped_column(String(128), default="")
+    seen_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Pull(Base):
+    __tablename__ = "pulls"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # running, done, failed
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    finished: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    studies: Mapped[int] = mapped_column(Integer, default=0)
+    instances_total: Mapped[int] = mapped_column(Integer, default=0)
+    instances_done: Mapped[int] = mapped_column(Integer, default=0)
+    instances_refused: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_received: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "project": self.project,
+            "user": self.username,
+            "status": self.status,
+            "created": _iso(self.created),
+            "finished": _iso(self.finished),
+            "studies": self.studies,
+            "instances_total": self.instances_total,
+            "instances_done": self.instances_done,
+            "instances_refused": self.instances_refused,
+            "bytes": self.bytes_received,
+            "error": {"message": self.error, "reason": self.error_reason} if self.error else None,
+            "path": self.path,
+        }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite gives naive datetimes back
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.isoformat(timespec="seconds")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class GatewayState:
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url, future=True)
+        Base.metadata.create_all(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def at(cls, directory: Path) -> GatewayState:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(f"sqlite:///{directory / 'gateway.sqlite'}")
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def remember_studies(self, project: str, rows: list[StudyKey]) -> None:
+        with self.session() as session, session.begin():
+            for row in rows:
+                session.merge(row)
+
+    def lookup_study(self, project: str, study_key: str) -> StudyKey | None:
+        with self.session() as session:
+            return session.get(StudyKey, (project, study_key))
+
+    def studies_pulled_since(self, project: str, since: dt.datetime) -> int:
+        with self.session() as session:
+            total = session.scalar(
+                select(func.coalesce(func.sum(Pull.studies), 0)).where(
+                    Pull.project == project, Pull.created >= since, Pull.status != "failed"
+                )
+            )
+            return int(total or 0)
+
+    def add_pull(self, pull: Pull) -> None:
+        with self.session() as session, session.begin():
+            session.add(pull)
+
+    def update_pull(self, pull_id: str, **changes: object) -> Pull:
+        with self.session() as session, session.begin():
+            pull = session.get(Pull, pull_id)
+            assert pull is not None
+            for key, value in changes.items():
+                setattr(pull, key, value)
+            return pull
+
+    def get_pull(self, pull_id: str) -> Pull | None:
+        with self.session() as session:
+            return session.get(Pull, pull_id)
+
+    def pulls_of(self, project: str, limit: int = 50) -> list[Pull]:
+        with self.session() as session:
+            return list(
+                session.scalars(
+                    select(Pull).where(Pull.project == project).order_by(Pull.created.desc()).limit(limit)
+                )
+            )
+
+    def interrupted_pulls(self) -> list[Pull]:
+        with self.session() as session:
+            return list(session.scalars(select(Pull).where(Pull.status == "running")))
