@@ -1,0 +1,61 @@
+"""The notebooks under notebooks/ run top to bottom with papermill, as a researcher's would."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+
+from tests.fixtures.workbench import RunningHub
+
+pytestmark = [pytest.mark.hub, pytest.mark.orthanc]
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def workbench_kernel() -> str:
+    if "workbench" not in KernelSpecManager().find_kernel_specs():
+        pytest.skip("the 'workbench' kernelspec is not installed: run scripts/setup")
+    return "workbench"
+
+
+def test_sample_pull_notebook(hub: RunningHub, workbench_kernel: str, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the workbench spawner gives a server of anna in project magi.
+    home = hub.files.storage.home("anna")
+    (home / "projects").mkdir(parents=True, exist_ok=True)
+    link = home / "projects" / "magi"
+    if not link.exists():
+        link.symlink_to(hub.files.storage.project_dir("magi"), target_is_directory=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WORKBENCH_PROJECT", "magi")
+    monkeypatch.setenv("WORKBENCH_GATEWAY_URL", f"{hub.url}/services/sample-gateway/")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN",
+                       hub.user_token("anna", scopes=["access:services!service=sample-gateway"]))
+    ARTIFACTS.mkdir(exist_ok=True)
+    output = ARTIFACTS / "01-sample-pull.executed.ipynb"
+    papermill.execute_notebook(
+        NOTEBOOKS / "01-sample-pull.ipynb", output, kernel_name=workbench_kernel,
+        parameters={"modality": "CT", "description": "thorax", "max_studies": 1},
+        cwd=str(tmp_path), progress_bar=False,
+    )
+    executed = nbformat.read(output, as_version=4)
+    text = "\n".join(
+        str(out.get("text", "")) + str(out.get("data", {}).get("text/plain", ""))
+        for cell in executed.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+    )
+    assert "Project magi" in text
+    assert "images in" in text and "samples/" in text
+    assert "('z', 'y', 'x')" in text and "HU" in text
+    images = [out for cell in executed.cells for out in cell.get("outputs", []) if "image/png" in out.get("data", {})]
+    assert images, "the slice was plotted"
+    widgets = [out for cell in executed.cells for out in cell.get("outputs", [])
+               if "application/vnd.jupyter.widget-view+json" in out.get("data", {})]
+    assert widgets, "the picker widget was created"
+    assert "FICTIVE" not in output.read_text()
