@@ -181,6 +181,7 @@ async def test_placement_failure_becomes_a_spawn_exception(nomad, workbench_yaml
         "No node can start the profile 'One H100' right now: 2 nodes have no GPU"
     )
     assert "placement failed" in raised.value.log_message
+    assert raised.value.jupyterhub_message == raised.value.message  # the spawn page shows it
     assert await spawner.poll() == 0  # nothing left behind
     assert nomad.job_ids() == []
 

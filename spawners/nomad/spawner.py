@@ -17,6 +17,7 @@ and see ``docs/nomad.md`` for the ACL policy, volumes and GPU nodes.
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 from typing import Any
 
@@ -408,8 +409,10 @@ class NomadSpawnerBase(Spawner):
     def selection_for_start(self) -> Any:
         selection = getattr(self, "selection", None)
         if selection is None:
-            raise SpawnException(
-                "No project and profile were chosen for this server.", reason="bad_options"
+            raise spawn_error(
+                "No project and profile were chosen for this server.",
+                reason="bad_options",
+                status_code=400,
             )
         return selection
 
@@ -429,7 +432,7 @@ class NomadSpawnerBase(Spawner):
         try:
             job = objects.build_job(spec, settings)
         except UnsafeValue as exc:
-            raise SpawnException(str(exc), reason="unsafe_value", status_code=400) from None
+            raise spawn_error(str(exc), reason="unsafe_value", status_code=400) from None
         _, secrets = objects.split_env(spec.env)
         self.job_id, self.job_namespace = job["ID"], job["Namespace"]
         self.alloc_id = self.eval_id = None
@@ -441,7 +444,7 @@ class NomadSpawnerBase(Spawner):
                 on_submitted=self._submitted,
             )
         except StartFailed as failure:
-            raise SpawnException(
+            raise spawn_error(
                 failure.message,
                 reason=failure.reason,
                 log_message=f"Nomad job {job['ID']}: {failure.log_message}",
@@ -469,6 +472,22 @@ class NomadSpawnerBase(Spawner):
             timeout=0.0 if now else self.stop_timeout,
             delete_variable=self.token_delivery == "variable",
         )
+
+
+def spawn_error(
+    message: str, *, reason: str, log_message: str = "", status_code: int = 500
+) -> SpawnException:
+    """A SpawnException whose user message also reaches the progress stream.
+
+    JupyterHub 6 shows ``str(exception)`` in the spawn page's progress stream unless the
+    exception carries ``jupyterhub_message``; for a SpawnException that string is the log
+    message, with internals the user should not need. Setting both attributes keeps the
+    spawn page and the REST answer on the same, user-facing text.
+    """
+    error = SpawnException(message, reason=reason, log_message=log_message, status_code=status_code)
+    error.jupyterhub_message = message  # type: ignore[attr-defined]
+    error.jupyterhub_html_message = html.escape(message)  # type: ignore[attr-defined]
+    return error
 
 
 def _volume_rule(value: dict[str, Any]) -> VolumeRule:
