@@ -90,10 +90,12 @@ class SampleGateway:
         """Configured from what the workbench spawner puts in the server's environment."""
         missing = [v for v in ("WORKBENCH_GATEWAY_URL", "JUPYTERHUB_API_TOKEN") if not os.environ.get(v)]
         project = project or os.environ.get("WORKBENCH_PROJECT")
-        if missing or not project:
+        if not project:
+            missing.append("WORKBENCH_PROJECT")
+        if missing:
             raise GatewayRefused(
                 "This notebook is not running in a workbench server (missing "
-                + ", ".join(missing or ["WORKBENCH_PROJECT"])
+                + ", ".join(missing)
                 + "). Start a server from the workbench hub and choose a project."
             )
         home = Path(os.environ.get("HOME", "~")).expanduser()
@@ -182,12 +184,16 @@ class SampleGateway:
         try:
             body = response.json()
         except ValueError:
-            body = {}
-        if response.status_code >= 400:
+            body = None
+        # A redirect (e.g. to the hub's login page) or a non-JSON answer is not the gateway's
+        # API speaking: say so, instead of failing later with a KeyError.
+        if response.status_code >= 300 or not isinstance(body, dict):
             error = body.get("error") if isinstance(body, dict) else None
             if isinstance(error, dict):
                 raise GatewayRefused(error.get("message", ""), error.get("reason", ""), response.status_code)
             raise GatewayRefused(
-                f"The sample gateway answered HTTP {response.status_code}.", "http", response.status_code
+                f"The sample gateway answered HTTP {response.status_code}"
+                + ("." if response.status_code >= 300 else " without a JSON object."),
+                "http", response.status_code,
             )
         return body

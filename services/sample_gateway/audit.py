@@ -38,6 +38,9 @@ class AuditLog:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def append(self, event: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(event) & {"seq", "time", "prev", "hash"})
+        if reserved:  # they would break the chain for every later record
+            raise ValueError(f"audit events cannot set {', '.join(reserved)}")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "r+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -105,6 +108,8 @@ def verify(path: Path) -> Verification:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
                 return Verification(False, count, line_number, "not a JSON record")
             expected_seq = count + 1
             if record.get("seq") != expected_seq:
@@ -127,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2 or args[0] != "verify":
         print("usage: python -m services.sample_gateway.audit verify AUDIT_FILE", file=sys.stderr)
         return 2
-    result = verify(Path(args[1]))
+    try:
+        result = verify(Path(args[1]))
+    except OSError as exc:
+        print(f"cannot read the audit file: {exc}", file=sys.stderr)
+        return 2
     print(result)
     return 0 if result.ok else 1
 

@@ -1,0 +1,235 @@
+"""Search summaries (what researchers see of a study) and all-or-nothing pull delivery."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import ExplicitVRLittleEndian
+
+from services.sample_gateway.delivery import (
+    MANIFEST_FIELDS,
+    PullWriter,
+    remove_partials,
+)
+from services.sample_gateway.pseudonyms import ProjectKeys, shift_date
+from services.sample_gateway.summaries import StudyIdentity, summarize_study
+
+KEYS = ProjectKeys(b"k" * 32, "magi")
+
+# -- summaries -----------------------------------------------------------------------------
+
+STUDY_UID = "1.2.826.0.1.3680043.8.498.11111111111111111"
+PATIENT_ID = "0101451234"
+
+
+def qido_record(**changes: object) -> dict:
+    """A QIDO-RS study record (DICOM JSON) of a fictitious patient."""
+    ds = Dataset()
+    ds.StudyInstanceUID = STUDY_UID
+    ds.StudyDate = "20210315"
+    ds.StudyTime = "101500"
+    ds.StudyDescription = "CT THORAX Jensen 2021-03-15 ref 1234567"
+    ds.ModalitiesInStudy = ["SR", "CT"]
+    ds.NumberOfStudyRelatedSeries = 3
+    ds.NumberOfStudyRelatedInstances = 120
+    ds.PatientName = "Jensen^Karin^Marie"
+    ds.PatientID = PATIENT_ID
+    ds.IssuerOfPatientID = "CPR"
+    ds.PatientBirthDate = "19450101"
+    ds.PatientSex = "F"
+    ds.AccessionNumber = "ACC998877"
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds.to_json_dict()
+
+
+def test_summary_golden() -> None:
+    result = summarize_study(qido_record(), KEYS)
+    assert result is not None
+    study, identity = result
+    assert study == {
+        "study_key": "2.25.223392669935454330772020088943202986984",
+        "patient": "PWRCMB5SHKB",
+        "age": "76 years",
+        "study_date": "2014-11-02",
+        "description": "CT THORAX ref",
+        "modalities": ["CT", "SR"],
+        "series": 3,
+        "instances": 120,
+    }
+    assert identity == StudyIdentity(
+        study_uid=STUDY_UID, patient_id=PATIENT_ID, issuer="CPR",
+        study_description="CT THORAX Jensen 2021-03-15 ref 1234567",
+    )
+
+
+def test_summary_is_derived_from_the_project_keys() -> None:
+    study, _ = summarize_study(qido_record(), KEYS)  # type: ignore[misc]
+    patient = KEYS.patient_pseudonym(PATIENT_ID)
+    assert study["study_key"] == KEYS.study_key(STUDY_UID)
+    assert study["patient"] == patient
+    shifted = shift_date("20210315", KEYS.date_offset_days(patient))
+    assert study["study_date"] == f"{shifted[:4]}-{shifted[4:6]}-{shifted[6:]}"
+    other, _ = summarize_study(qido_record(), ProjectKeys(b"k" * 32, "kina"))  # type: ignore[misc]
+    assert other["study_key"] != study["study_key"] and other["patient"] != study["patient"]
+
+
+def test_summary_holds_no_identifying_value() -> None:
+    study, _ = summarize_study(qido_record(), KEYS)  # type: ignore[misc]
+    shown = json.dumps(study)
+    for value in ("Jensen", "Karin", "Marie", PATIENT_ID, "CPR", "19450101", "1945", STUDY_UID,
+                  "20210315", "2021-03-15", "ACC998877", "1234567"):
+        assert value not in shown, value
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "value"),
+    [
+        ({"PatientAge": "045Y"}, "age", "45 years"),
+        ({"PatientAge": "006M", "PatientBirthDate": None}, "age", "6 months"),
+        ({"PatientAge": "003W", "PatientBirthDate": None}, "age", "3 weeks"),
+        ({"PatientAge": "010D", "PatientBirthDate": None}, "age", "10 days"),
+        ({"PatientBirthDate": "20210301"}, "age", "2 weeks"),
+        ({"PatientBirthDate": None}, "age", ""),
+        ({"StudyDate": None}, "study_date", ""),
+        ({"StudyDate": None}, "age", ""),
+        ({"StudyDescription": None}, "description", ""),
+        ({"StudyDescription": "MR knee left"}, "description", "MR knee left"),
+        ({"ModalitiesInStudy": "MR"}, "modalities", ["MR"]),
+        ({"ModalitiesInStudy": None}, "modalities", []),
+        ({"NumberOfStudyRelatedSeries": None}, "series", None),
+        ({"NumberOfStudyRelatedInstances": None}, "instances", None),
+    ],
+)
+def test_summary_fields(changes: dict, field: str, value: object) -> None:
+    study, _ = summarize_study(qido_record(**changes), KEYS)  # type: ignore[misc]
+    assert study[field] == value
+
+
+def test_record_without_study_uid_is_skipped() -> None:
+    assert summarize_study(qido_record(StudyInstanceUID=None), KEYS) is None
+
+
+def test_record_is_not_modified() -> None:
+    record = qido_record()
+    before = copy.deepcopy(record)
+    summarize_study(record, KEYS)
+    assert record == before
+
+
+# -- delivery ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ct() -> Dataset:
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    return dcmread(path)
+
+
+def instance(ct: Dataset, series: str, sop: str, number: str | None) -> Dataset:
+    ds = copy.deepcopy(ct)
+    ds.StudyInstanceUID = "2.25.100"
+    ds.SeriesInstanceUID = series
+    ds.SOPInstanceUID = sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    ds.PatientID = "PAAAAAAAAAA"
+    ds.StudyDescription = "CT, \"quoted\" description"
+    if number is None:
+        del ds.InstanceNumber
+    else:
+        ds.InstanceNumber = number
+    return ds
+
+
+HEADER = {"pull": "pull-1", "project": "magi", "user": "anna", "study_keys": ["2.25.100"]}
+
+
+def test_commit_writes_files_and_both_manifests(tmp_path: Path, ct: Dataset) -> None:
+    samples = tmp_path / "samples"
+    writer = PullWriter(samples, "pull-1")
+    assert writer.partial == samples / ".partial-pull-1" and writer.partial.is_dir()
+    rows = [writer.write(instance(ct, "2.25.7", "2.25.71", "10")),
+            writer.write(instance(ct, "2.25.7", "2.25.72", "2")),
+            writer.write(instance(ct, "2.25.5", "2.25.51", None))]
+    assert not (samples / "pull-1").exists()  # nothing visible before commit
+    final = writer.commit(HEADER)
+    assert final == samples / "pull-1"
+    assert sorted(p.name for p in samples.iterdir()) == ["pull-1"]  # partial renamed away
+
+    files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
+    assert files == ["2.25.100/2.25.5/2.25.51.dcm", "2.25.100/2.25.7/2.25.71.dcm",
+                     "2.25.100/2.25.7/2.25.72.dcm", "manifest.csv", "manifest.json"]
+
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert {k: v for k, v in manifest.items() if k != "instances"} == HEADER
+    instances = manifest["instances"]
+    # sorted by study, series, then instance number as a number (2 before 10)
+    assert [i["sop_uid"] for i in instances] == ["2.25.51", "2.25.72", "2.25.71"]
+    assert [i["instance_number"] for i in instances] == ["", "2", "10"]
+    for entry in instances:
+        data = (final / entry["file"]).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["bytes"] == len(data)
+        ds = dcmread(final / entry["file"])
+        assert ds.SOPInstanceUID == entry["sop_uid"]
+        assert ds.file_meta.MediaStorageSOPInstanceUID == entry["sop_uid"]
+    assert instances[0] | {"file": "", "sha256": "", "bytes": 0} == {
+        "file": "", "sha256": "", "bytes": 0, "patient": "PAAAAAAAAAA", "study_key": "2.25.100",
+        "study_date": "20040119", "study_description": 'CT, "quoted" description',
+        "series_uid": "2.25.5", "series_description": "", "series_number": "1", "modality": "CT",
+        "sop_uid": "2.25.51", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "instance_number": "",
+        "transfer_syntax": ExplicitVRLittleEndian, "rows": 128, "columns": 128, "frames": 1,
+    }
+    assert {r.sop_uid for r in rows} == {i["sop_uid"] for i in instances}
+
+    with open(final / "manifest.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames or ()) == MANIFEST_FIELDS
+        table = list(reader)
+    assert table == [{k: str(v) for k, v in entry.items()} for entry in instances]
+
+
+def test_abort_leaves_nothing(tmp_path: Path, ct: Dataset) -> None:
+    samples = tmp_path / "samples"
+    writer = PullWriter(samples, "pull-2")
+    writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    writer.abort()
+    assert list(samples.iterdir()) == []
+    writer.abort()  # twice is harmless
+
+
+def test_a_failing_write_can_be_aborted(tmp_path: Path, ct: Dataset) -> None:
+    samples = tmp_path / "samples"
+    writer = PullWriter(samples, "pull-3")
+    broken = instance(ct, "2.25.7", "2.25.71", "1")
+    del broken.SOPInstanceUID
+    with pytest.raises(AttributeError):
+        writer.write(broken)
+    writer.abort()
+    assert list(samples.iterdir()) == []
+
+
+def test_remove_partials(tmp_path: Path) -> None:
+    samples = tmp_path / "samples"
+    (samples / ".partial-a" / "x" / "y").mkdir(parents=True)
+    (samples / ".partial-a" / "x" / "y" / "f.dcm").write_bytes(b"half")
+    (samples / ".partial-b").mkdir()
+    (samples / "done-pull" / "s").mkdir(parents=True)
+    (samples / "done-pull" / "manifest.json").write_text("{}")
+    (samples / "notes.partial-c").write_text("a user's file")
+    removed = remove_partials(samples)
+    assert sorted(p.name for p in removed) == [".partial-a", ".partial-b"]
+    assert sorted(p.name for p in samples.iterdir()) == ["done-pull", "notes.partial-c"]
+    assert (samples / "done-pull" / "manifest.json").read_text() == "{}"
+    assert remove_partials(samples) == []
+    assert remove_partials(tmp_path / "missing") == []
