@@ -122,19 +122,23 @@ class ServerJob:
                 await self.client.put_variable(variable_path(job_id), secrets, namespace=namespace)
             registered = await self.client.register_job(job)
         eval_id = str(registered.get("EvalID") or "")
+        # Block on the evaluation from its creation index: the first answer is the settled one.
+        eval_index = int(registered.get("EvalCreateIndex") or 0)
         if on_submitted:
             on_submitted(Submitted(job_id, namespace, eval_id))
         self.progress(events.SUBMITTED, f"Submitted to Nomad as job {job_id} ({namespace})")
 
         with _translated(namespace):
-            alloc = await self._placed_allocation(job_id, namespace, eval_id, profile_name)
+            alloc = await self._placed_allocation(
+                job_id, namespace, eval_id, eval_index, profile_name
+            )
             return await self._follow_allocation(alloc, namespace)
 
     async def _placed_allocation(
-        self, job_id: str, namespace: str, eval_id: str, profile_name: str
+        self, job_id: str, namespace: str, eval_id: str, eval_index: int, profile_name: str
     ) -> Mapping[str, Any]:
         if eval_id:
-            evaluation = await self._settled_evaluation(eval_id, namespace)
+            evaluation = await self._settled_evaluation(eval_id, namespace, eval_index)
             status = evaluation.get("Status")
             if status in {"failed", "canceled"}:
                 raise StartFailed(
@@ -164,8 +168,9 @@ class ServerJob:
         # live allocation, waited for with blocking queries.
         return await self._wait_for_allocation(job_id, namespace)
 
-    async def _settled_evaluation(self, eval_id: str, namespace: str) -> Mapping[str, Any]:
-        index = 0
+    async def _settled_evaluation(
+        self, eval_id: str, namespace: str, index: int = 0
+    ) -> Mapping[str, Any]:
         while True:
             reply = await self.client.evaluation(
                 eval_id, namespace=namespace, index=index, wait=self.wait
@@ -187,16 +192,18 @@ class ServerJob:
             index = await self._next_index(index, reply.index)
 
     async def _follow_allocation(self, stub: Mapping[str, Any], namespace: str) -> Started:
+        """Follow one allocation until its task runs (address) or fails (message).
+
+        The list stub already carries the task states, so the first blocking query starts
+        from its index instead of re-reading what is known.
+        """
         alloc_id = str(stub["ID"])
         node = str(stub.get("NodeName") or stub.get("NodeID", "")[:8])
         self.progress(events.PLACED, f"Placed on node {node}" if node else "Placed by Nomad")
         seen = 0
-        index = 0
+        alloc: Mapping[str, Any] = stub
+        index = int(stub.get("ModifyIndex") or 0)
         while True:
-            reply = await self.client.allocation(
-                alloc_id, namespace=namespace, index=index, wait=self.wait
-            )
-            alloc = reply.data or {}
             task_events = ((alloc.get("TaskStates") or {}).get(TASK) or {}).get("Events") or []
             for event in task_events[seen:]:
                 step = events.describe_event(event, node)
@@ -206,6 +213,9 @@ class ServerJob:
             outcome = events.allocation_outcome(alloc, TASK)
             if outcome.state == "running":
                 where = events.address(alloc)
+                if where is None and alloc is stub:
+                    full = await self.client.allocation(alloc_id, namespace=namespace)
+                    where = events.address(full.data or {})
                 if where is None:
                     raise StartFailed(
                         "Nomad started the server but reports no address for it.",
@@ -219,6 +229,10 @@ class ServerJob:
                     reason=outcome.reason,
                     log_message=f"allocation {alloc_id} on {node}: {outcome.message}",
                 )
+            reply = await self.client.allocation(
+                alloc_id, namespace=namespace, index=index, wait=self.wait
+            )
+            alloc = reply.data or {}
             index = await self._next_index(index, reply.index)
 
     async def _next_index(self, old: int, new: int) -> int:

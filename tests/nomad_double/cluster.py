@@ -22,7 +22,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -76,7 +76,7 @@ class Cluster:
         namespaces: tuple[str, ...] = ("default",),
         schedule_delay: float = 0.02,
         step_delay: float = 0.01,
-        image_pull_seconds: float = 0.3,
+        image_pull_seconds: float | Callable[[str], float] = 0.3,
         max_kill_wait: float = 5.0,
         csi_volumes: set[str] | None = None,
     ) -> None:
@@ -92,6 +92,7 @@ class Cluster:
         self.index = 1
         self.table_index = {"jobs": 1, "evals": 1, "allocs": 1, "vars": 1, "services": 1}
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.registered_at: dict[tuple[str, str], float] = {}
         self.evals: dict[str, dict[str, Any]] = {}
         self.allocs: dict[str, AllocRecord] = {}
         self.variables: dict[tuple[str, str], dict[str, Any]] = {}
@@ -132,6 +133,7 @@ class Cluster:
                 f"\t* {p}\n" for p in problems
             )
         key = (ns, str(job["ID"]))
+        self.registered_at[key] = time.monotonic()
         old = self.jobs.get(key)
         stored = copy.deepcopy(job)
         stored["Namespace"] = ns
@@ -476,7 +478,9 @@ class Cluster:
             "FollowupEvalID": "",
         }
         record = AllocRecord(data=data, node=node)
-        record.timeline.registered = time.monotonic()
+        record.timeline.registered = self.registered_at.get(
+            (job["Namespace"], job["ID"]), time.monotonic()
+        )
         record.timeline.placed = time.monotonic()
         self.allocs[alloc_id] = record
         return record
@@ -715,7 +719,8 @@ class Cluster:
             )
             layers = 3
             for done in range(1, layers + 1):
-                await asyncio.sleep(self.image_pull_seconds / layers)
+                pull = self.image_pull_seconds
+                await asyncio.sleep((pull(image) if callable(pull) else pull) / layers)
                 if record.killing or record.lost:
                     return
                 self._event(

@@ -113,6 +113,36 @@ class _Handler(web.RequestHandler):
         self.finish(json.dumps(data))
 
 
+class _ControlHandler(web.RequestHandler):
+    """``/_double/...``: inspection for a double running in another process (not Nomad's API)."""
+
+    def initialize(self, double: NomadDouble) -> None:
+        self.double = double
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def get(self, what: str) -> None:
+        double = self.double
+        if what.startswith("timeline/"):
+            record = double.cluster.allocs.get(what.split("/", 1)[1])  # type: ignore[union-attr]
+            if record is None:
+                raise web.HTTPError(404)
+            self.finish(vars(record.timeline))
+        elif what == "requests":
+            self.finish({"count": len(double._requests)})
+        elif what == "violations":
+            self.finish({"violations": list(double._violations)})
+        else:
+            raise web.HTTPError(404)
+
+    def post(self, what: str) -> None:
+        if what != "requests/clear":
+            raise web.HTTPError(404)
+        self.double._requests.clear()
+        self.finish({})
+
+
 class NomadDouble:
     """A stateful stand-in for a Nomad agent's HTTP API, on a free 127.0.0.1 port."""
 
@@ -127,7 +157,7 @@ class NomadDouble:
         validate: bool = True,
         schedule_delay: float = 0.02,
         step_delay: float = 0.01,
-        image_pull_seconds: float = 0.3,
+        image_pull_seconds: float | Callable[[str], float] = 0.3,
         csi_volumes: set[str] | None = None,
         root_dir: Path | None = None,
     ) -> None:
@@ -194,7 +224,12 @@ class NomadDouble:
 
     async def _serve(self) -> None:
         self.cluster = Cluster(self.nodes, root_dir=self.root_dir, **self._cluster_args)  # type: ignore[arg-type]
-        app = web.Application([(r"/v1/(.*)", _Handler, {"double": self})])
+        app = web.Application(
+            [
+                (r"/v1/(.*)", _Handler, {"double": self}),
+                (r"/_double/(.*)", _ControlHandler, {"double": self}),
+            ]
+        )
         sockets = netutil.bind_sockets(0, "127.0.0.1")
         self.port = sockets[0].getsockname()[1]
         self._server = httpserver.HTTPServer(app, ssl_options=self.ssl_context)
