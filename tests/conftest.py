@@ -1,3 +1,3 @@
 """Shared pytest configuration: fixture plugins live in tests/fixtures/."""
 
-pytest_plugins = ["tests.fixtures.archive", "tests.fixtures.workbench"]
+pytest_plugins = ["tests.fixtures.archive", "tests.fixtures.workbench", "tests.fixtures.browser"]
