@@ -6,8 +6,9 @@
         ...  # point a client at nomad.address
 
 Modules: :mod:`.server` (HTTP, thread, faults, inspection), :mod:`.cluster` (state,
-evaluations, allocations, task runs), :mod:`.scheduler` (feasibility and Nomad's failure
-metrics), :mod:`.tasks` (interpolation, templates), :mod:`.spec` (OpenAPI checks).
+evaluations, allocations), :mod:`.agent` (running tasks), :mod:`.scheduler` (feasibility
+and Nomad's failure metrics), :mod:`.tasks` (interpolation, templates), :mod:`.spec`
+(OpenAPI checks); ``python -m tests.nomad_double`` runs it as a process.
 """
 
 from .scheduler import DeviceGroup, HostVolume, Node
