@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from demo.hub import HUB_CONFIG
+from spawners.workbench import STATE_VERSION
 from tests.fixtures.workbench import RunningHub
 
 pytestmark = [pytest.mark.hub, pytest.mark.orthanc]
@@ -54,7 +55,8 @@ def test_spawn_through_the_api_runs_a_real_server_for_the_project(hub: RunningHu
         assert response.status_code in (201, 202), response.text
     entry = wait_ready(hub, "anna")
     assert entry["user_options"] == {"project": "magi", "profile": "cpu-large"}
-    assert entry["state"]["workbench"] == {"version": 1, "project": "magi", "profile": "cpu-large"}
+    saved = entry["state"]["workbench"]
+    assert (saved["project"], saved["profile"], saved["version"]) == ("magi", "cpu-large", STATE_VERSION)
     # The server answers through the proxy.
     status = httpx.get(f"{hub.url}/user/anna/api/status", headers={"Authorization": f"token {hub.token}"})
     assert status.status_code == 200 and "started" in status.json()
@@ -172,3 +174,19 @@ def test_hub_refuses_to_start_with_an_invalid_configuration(tmp_path: Path) -> N
     )
     assert result.returncode != 0
     assert f"{bad}:6: projects[0].approval.expires = '2026-02-31'" in result.stderr
+
+
+def test_hub_restart_keeps_running_servers_and_their_project(hub: RunningHub) -> None:
+    with hub.api() as api:
+        api.post("users/bo")
+        assert api.post("users/bo/server", json={"project": "kina"}).status_code in (201, 202)
+    before = wait_ready(hub, "bo")
+    hub.process.kill_hub_only()  # a crash: no clean-up runs
+    hub.process.start(timeout=90)
+    after = wait_ready(hub, "bo", timeout=30)
+    assert after["state"]["pid"] == before["state"]["pid"]
+    saved = after["state"]["workbench"]
+    assert (saved["project"], saved["profile"]) == ("kina", "cpu-small")
+    status = httpx.get(f"{hub.url}/user/bo/api/status", headers={"Authorization": f"token {hub.token}"})
+    assert status.status_code == 200
+    stop(hub, "bo")
