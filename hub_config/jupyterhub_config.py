@@ -77,6 +77,9 @@ if Path(password_file).exists():
 spawner_kind = os.environ.get("WORKBENCH_SPAWNER", "local")
 if spawner_kind == "nomad":
     c.JupyterHub.spawner_class = "spawners.nomad.spawner.NomadSpawner"
+    # Jobs must not inherit the hub's environment; Nomad address, token, hub_connect_url
+    # and TLS come from WORKBENCH_EXTRA_CONFIG (see docs/nomad.md).
+    c.NomadSpawner.env_keep = []
 else:
     c.JupyterHub.spawner_class = "spawners.local.LocalWorkbenchSpawner"
     c.LocalWorkbenchSpawner.local_gpus = int(os.environ.get("WORKBENCH_LOCAL_GPUS", "0"))
