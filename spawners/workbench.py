@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jupyterhub.spawner import SpawnException
 from traitlets import Callable, Float, HasTraits, Unicode, default
 
 from hub_config.loader import cached_config
 from hub_config.model import Profile, WorkbenchConfig
 from hub_config.storage import StorageLayout, default_data_dir
 
+from .errors import spawn_error
 from .form import options_from_formdata, render_options_form
 from .selection import Selection, SelectionRefused, choices_for, resolve_selection
 
@@ -120,15 +120,10 @@ class WorkbenchSpawnerMixin(HasTraits):
         try:
             selection = resolve_selection(self.workbench, self.user.name, user_options, self.today())
         except SelectionRefused as refusal:
-            raise SpawnException(
-                refusal.message,
-                reason=refusal.reason,
-                log_message=f"refused spawn for {self.user.name}: {refusal.message}",
-                status_code=400,
-            ) from None
+            raise spawn_error(refusal.message, reason=refusal.reason, status_code=400) from None
         why_not = self.profile_unavailable(selection.profile)
         if why_not:
-            raise SpawnException(why_not, reason="profile_unavailable", status_code=400)
+            raise spawn_error(why_not, reason="profile_unavailable", status_code=400)
         return selection
 
     # Environment ---------------------------------------------------------------------------

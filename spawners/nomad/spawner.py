@@ -17,13 +17,24 @@ and see ``docs/nomad.md`` for the ACL policy, volumes and GPU nodes.
 from __future__ import annotations
 
 import asyncio
-import html
 import os
 from typing import Any
 
-from jupyterhub.spawner import Spawner, SpawnException
-from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
+from jupyterhub.spawner import Spawner
+from traitlets import (
+    Bool,
+    Dict,
+    Enum,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    default,
+    validate,
+)
 
+from spawners.errors import spawn_error
 from spawners.workbench import WorkbenchSpawnerMixin
 
 from . import objects, slugs
@@ -403,7 +414,7 @@ class NomadSpawnerBase(Spawner):
             if session is not None:
                 orm_spawner.state = self.get_state()
                 session.commit()
-        except Exception:  # noqa: BLE001 - saving early is best effort; the hub saves after start
+        except Exception:
             self.log.debug("could not save Nomad state early for %s", self._log_name, exc_info=True)
 
     def selection_for_start(self) -> Any:
@@ -472,22 +483,6 @@ class NomadSpawnerBase(Spawner):
             timeout=0.0 if now else self.stop_timeout,
             delete_variable=self.token_delivery == "variable",
         )
-
-
-def spawn_error(
-    message: str, *, reason: str, log_message: str = "", status_code: int = 500
-) -> SpawnException:
-    """A SpawnException whose user message also reaches the progress stream.
-
-    JupyterHub 6 shows ``str(exception)`` in the spawn page's progress stream unless the
-    exception carries ``jupyterhub_message``; for a SpawnException that string is the log
-    message, with internals the user should not need. Setting both attributes keeps the
-    spawn page and the REST answer on the same, user-facing text.
-    """
-    error = SpawnException(message, reason=reason, log_message=log_message, status_code=status_code)
-    error.jupyterhub_message = message  # type: ignore[attr-defined]
-    error.jupyterhub_html_message = html.escape(message)  # type: ignore[attr-defined]
-    return error
 
 
 def _volume_rule(value: dict[str, Any]) -> VolumeRule:
