@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -95,16 +96,74 @@ class ArchiveAccess(_Strict):
     limits: SampleLimits = SampleLimits()
 
 
-class Budget(_Strict):
-    """Loaned compute per period (issue 4 enforces; declared here so the YAML is stable)."""
+class BudgetLimits(_Strict):
+    """What a budget caps, shared by project budgets and teaching-session budgets.
 
-    period: Literal["month", "week", "quarter"] = "month"
-    gpu_hours: float | None = Field(None, ge=0)
-    cpu_core_hours: float | None = Field(None, ge=0)
+    Hours are weighted by the profile's resources: one hour of a server with 8 cores and 1 GPU
+    uses 8 CPU-core-hours and 1 GPU-hour. ``None`` means no limit of that kind.
+    """
+
+    gpu_hours: float | None = Field(None, ge=0, description="GPU-hours per period.")
+    cpu_core_hours: float | None = Field(None, ge=0, description="CPU-core-hours per period.")
     max_concurrent_gpus: int | None = Field(None, ge=0)
     max_concurrent_servers: int | None = Field(None, ge=0)
     per_user_gpu_hours: float | None = Field(None, ge=0)
     per_user_cpu_core_hours: float | None = Field(None, ge=0)
+    per_user_max_concurrent_gpus: int | None = Field(None, ge=0)
+    per_user_max_concurrent_servers: int | None = Field(None, ge=0)
+    warn_at: list[float] = Field(
+        default_factory=lambda: [0.8, 0.95],
+        description="Fractions of an hours budget at which users are warned (0 < f < 1).",
+    )
+    grace_minutes: float = Field(
+        15.0,
+        ge=0,
+        description="Minutes servers keep running after an hours budget is used up before the "
+        "quota service stops them (0: at once).",
+    )
+    timezone: str = Field(
+        "Europe/Copenhagen",
+        description="IANA time zone in which periods start (a month starts at local midnight).",
+    )
+
+    @field_validator("warn_at")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in value):
+            raise ValueError("warn_at takes fractions between 0 and 1, e.g. [0.8, 0.95]")
+        return sorted(set(value))
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone such as 'Europe/Copenhagen'")
+        return value
+
+
+class Budget(BudgetLimits):
+    """Loaned compute of a project per calendar period; enforced by :mod:`services.quota`."""
+
+    period: Literal["month", "week", "quarter"] = "month"
+
+
+class TeachingBudget(BudgetLimits):
+    """Compute of a teaching session: one window instead of a repeating period.
+
+    ``per_user_*`` limits apply per student. Naive datetimes are read in ``timezone``.
+    Servers cannot start outside the window; the budget does not reset.
+    """
+
+    starts: dt.datetime
+    ends: dt.datetime
+
+    @model_validator(mode="after")
+    def _window(self) -> TeachingBudget:
+        if self.ends <= self.starts:
+            raise ValueError("a teaching session must end after it starts")
+        return self
 
 
 class Project(_Strict):
