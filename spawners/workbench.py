@@ -13,17 +13,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jupyterhub.utils import maybe_future
 from traitlets import Callable, Float, HasTraits, Unicode, default
 
 from hub_config.loader import cached_config
 from hub_config.model import Profile, WorkbenchConfig
 from hub_config.storage import StorageLayout, default_data_dir
+from services.quota.accounts import project_accounts
+from services.quota.errors import QuotaError
+from services.quota.spawning import SpawnQuota
 
 from .errors import spawn_error
 from .form import options_from_formdata, render_options_form
 from .selection import Selection, SelectionRefused, choices_for, resolve_selection
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: adds the quota allocation id
 
 
 class WorkbenchSpawnerMixin(HasTraits):
@@ -72,6 +76,27 @@ class WorkbenchSpawnerMixin(HasTraits):
         """,
     )
 
+    quota_db_url = Unicode(
+        "",
+        config=True,
+        help="""SQLAlchemy URL of the quota ledger; empty turns quota enforcement off.
+
+        'sqlite:////path/ledger.sqlite' (the default the hub config sets) or
+        'postgresql://user:password@host/db'. The quota service and its CLI must use the same
+        database. With a ledger, every start is reserved against the project's budget and
+        refused when a limit is reached; when the ledger cannot be reached, starts are refused
+        (not started unaccounted).
+        """,
+    )
+
+    quota_reservation_ttl = Float(
+        900.0,
+        config=True,
+        help="""Seconds a quota reservation holds its GPUs and server slot before the server
+        has started. Keep it above start_timeout: a reservation whose start never comes (a hub
+        that died mid-spawn) is released after this time by the quota service.""",
+    )
+
     slow_spawn_message_after = Float(
         20.0,
         config=True,
@@ -80,6 +105,8 @@ class WorkbenchSpawnerMixin(HasTraits):
 
     # Spawner-facing state ------------------------------------------------------------------
     selection: Selection | None = None
+    quota_allocation: str | None = None  # the ledger row this server is accounted on
+    _quota_stop_requested = False
 
     @property
     def workbench(self) -> WorkbenchConfig:
@@ -114,7 +141,13 @@ class WorkbenchSpawnerMixin(HasTraits):
         self.cpu_guarantee = profile.cpu
         self.mem_guarantee = profile.memory
         self._reset_progress()
+        if self.quota is not None:
+            return self._reserve_quota_then_pre_spawn_hook()
         return super().run_pre_spawn_hook()  # type: ignore[misc]
+
+    async def _reserve_quota_then_pre_spawn_hook(self) -> Any:
+        await self.reserve_quota()
+        return await maybe_future(super().run_pre_spawn_hook())  # type: ignore[misc]
 
     def check_selection(self, user_options: dict[str, Any]) -> Selection:
         try:
@@ -125,6 +158,78 @@ class WorkbenchSpawnerMixin(HasTraits):
         if why_not:
             raise spawn_error(why_not, reason="profile_unavailable", status_code=400)
         return selection
+
+    # Quota: reserve before start, account from start to stop --------------------------------
+    @property
+    def quota(self) -> SpawnQuota | None:
+        if not self.quota_db_url:
+            return None
+        return SpawnQuota(self.quota_db_url, self.quota_reservation_ttl)
+
+    async def reserve_quota(self) -> None:
+        """Reserve the profile's GPUs and cores against the project's budget, or refuse."""
+        assert self.quota is not None and self.selection is not None
+        project, profile = self.selection.project, self.selection.profile
+        account = project_accounts(self.workbench)[project.id]
+        self._quota_stop_requested = False
+        try:
+            self.quota_allocation = await self.quota.reserve(
+                account,
+                user=self.user.name,  # type: ignore[attr-defined]
+                server_name=self.name or "",  # type: ignore[attr-defined]
+                profile=profile.slug,
+                gpus=profile.gpus,
+                cpu=profile.cpu,
+            )
+        except QuotaError as error:
+            raise _spawn_refusal(error) from None
+        held = f"{profile.gpus} GPU(s) and {_number(profile.cpu)} core(s)" if profile.gpus else (
+            f"{_number(profile.cpu)} core(s)"
+        )
+        self.emit_progress(5, f"Quota: {held} reserved for project {project.id}")
+
+    async def start(self):  # noqa: ANN201 - returns what the concrete spawner's start returns
+        result = await super().start()  # type: ignore[misc]
+        if self.quota is not None and self.quota_allocation:
+            try:
+                await self.quota.started(self.quota_allocation, self._quota_probe_url(result))
+            except QuotaError as error:
+                # Unaccounted use is not allowed: the hub stops the server it cannot account.
+                raise _spawn_refusal(error) from None
+        return result
+
+    def _quota_probe_url(self, result: Any) -> str | None:
+        """Where the quota service checks that the server is alive (its unauthenticated /api)."""
+        if isinstance(result, tuple) and len(result) == 2:
+            server = getattr(self, "server", None)
+            base = server.base_url if server is not None else "/"
+            return f"http://{result[0]}:{int(result[1])}{base}"
+        return result if isinstance(result, str) else None
+
+    async def stop(self, now: bool = False) -> None:
+        self._quota_stop_requested = True
+        await super().stop(now=now)  # type: ignore[misc]
+
+    def run_post_stop_hook(self):  # noqa: ANN201 - JupyterHub's signature
+        if self.quota is not None and self.quota_allocation:
+            return self._close_quota_then_post_stop_hook()
+        return super().run_post_stop_hook()  # type: ignore[misc]
+
+    async def _close_quota_then_post_stop_hook(self) -> Any:
+        assert self.quota is not None and self.quota_allocation
+        requested = self._quota_stop_requested
+        try:
+            await self.quota.ended(
+                self.quota_allocation,
+                requested=requested,
+                reason="stopped" if requested else "server died (seen by the hub's poll)",
+            )
+        except QuotaError as error:
+            # The quota service's reconciler closes it once the ledger is back.
+            self.log.error("quota: could not close %s: %s", self.quota_allocation, error.log_message)  # type: ignore[attr-defined]
+        self.quota_allocation = None
+        self._quota_stop_requested = False
+        return await maybe_future(super().run_post_stop_hook())  # type: ignore[misc]
 
     # Environment ---------------------------------------------------------------------------
     def get_env(self) -> dict[str, str]:
@@ -201,6 +306,8 @@ class WorkbenchSpawnerMixin(HasTraits):
                 "project": self.selection.project.id,
                 "profile": self.selection.profile.slug,
             }
+            if self.quota_allocation:
+                state["workbench"]["allocation"] = self.quota_allocation
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -208,6 +315,9 @@ class WorkbenchSpawnerMixin(HasTraits):
         saved = (state or {}).get("workbench")
         if not isinstance(saved, dict):
             return
+        # Version 1 had no allocation: such a server started before quotas were on.
+        allocation = saved.get("allocation")
+        self.quota_allocation = allocation if isinstance(allocation, str) else None
         # A server that is already running keeps its project even if the approval lapsed
         # since; the next start is checked again.
         config = self.workbench
@@ -227,6 +337,7 @@ class WorkbenchSpawnerMixin(HasTraits):
     def clear_state(self) -> None:
         super().clear_state()  # type: ignore[misc]
         self.selection = None
+        self.quota_allocation = None
 
 
 async def _render_form(spawner: WorkbenchSpawnerMixin) -> str:
@@ -248,6 +359,13 @@ async def _render_form(spawner: WorkbenchSpawnerMixin) -> str:
         unavailable_profiles=unavailable,
         selected_project=previous.get("project"),
         selected_profile=previous.get("profile"),
+    )
+
+
+def _spawn_refusal(error: QuotaError) -> Exception:
+    """The quota's message on the spawn page, the error page and the REST answer alike."""
+    return spawn_error(
+        error.message, reason=error.reason, log_message=error.log_message, status_code=error.status
     )
 
 
