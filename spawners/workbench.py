@@ -250,6 +250,9 @@ class WorkbenchSpawnerMixin(HasTraits):
             "WORKBENCH_MEM_LIMIT": str(profile.memory),
             "WORKBENCH_GPUS": str(profile.gpus),
             "WORKBENCH_DATASETS": ",".join(d.id for d in self.selection.datasets),
+            # Dask formats this with the environment plus {host}/{port}: dashboard links point
+            # at the server's jupyter-server-proxy, behind the hub's login.
+            "DASK_DISTRIBUTED__DASHBOARD__LINK": "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status",
         }
         if self.gateway_url:
             env["WORKBENCH_GATEWAY_URL"] = self.gateway_url
@@ -337,7 +340,10 @@ class WorkbenchSpawnerMixin(HasTraits):
     def clear_state(self) -> None:
         super().clear_state()  # type: ignore[misc]
         self.selection = None
-        self.quota_allocation = None
+        # quota_allocation is not cleared here: LocalProcessSpawner.poll() clears the state of a
+        # server that never got a pid, before the post-stop hook that must release its
+        # reservation. The hook clears it once the ledger has the end; a new reservation
+        # replaces it.
 
 
 async def _render_form(spawner: WorkbenchSpawnerMixin) -> str:
