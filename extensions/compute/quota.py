@@ -93,6 +93,7 @@ class QuotaService:
     project: str
     timeout: float = 10.0
     retries: int = 2
+    kind: str = "dask-worker"  # what the ledger records; batch runs send "batch"
 
     def __post_init__(self) -> None:
         self.description = f"charged to project {self.project} through {self.base_url}"
@@ -146,7 +147,7 @@ class QuotaService:
 
     async def reserve(self, name: str, *, cpu: float, gpus: int) -> str:
         answer = await self._call("POST", "allocations", {
-            "project": self.project, "kind": "dask-worker", "cpu": cpu, "gpus": gpus, "name": name,
+            "project": self.project, "kind": self.kind, "cpu": cpu, "gpus": gpus, "name": name,
         })
         if answer.status_code == 429:
             body = answer.json().get("error", {})
