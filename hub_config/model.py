@@ -77,11 +77,22 @@ class SampleLimits(_Strict):
     max_instances_per_pull: int = Field(500, ge=1)
     max_bytes_per_pull: int = Field(parse_bytes("2G"), ge=1)
     max_studies_per_day: int = Field(50, ge=1)
+    max_instances_per_day: int | None = Field(
+        None, ge=1, description="Images per day over all pulls of the project; None: no daily cap."
+    )
+    max_bytes_per_day: int | None = Field(
+        None, ge=1, description="Bytes per day over all pulls ('20G'); None: no daily cap."
+    )
 
     @field_validator("max_bytes_per_pull", mode="before")
     @classmethod
     def _size(cls, value: str | int) -> int:
         return parse_bytes(value)
+
+    @field_validator("max_bytes_per_day", mode="before")
+    @classmethod
+    def _daily_size(cls, value: str | int | None) -> int | None:
+        return None if value is None else parse_bytes(value)
 
 
 class ArchiveAccess(_Strict):
@@ -285,17 +296,62 @@ class Dataset(_Strict):
     description: str = ""
 
 
+AeTitle = Annotated[str, StringConstraints(pattern=r"^[\x20-\x5b\x5d-\x7e]{1,16}$")]
+"""A DICOM AE title: 1-16 printable ASCII characters, no backslash."""
+
+
 class DimseEndpoint(_Strict):
+    """The archive's DICOM port (C-FIND, C-GET, C-MOVE) and the gateway's side of it."""
+
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
-    called_aet: str = Field(max_length=16)
-    calling_aet: str = Field("WBGATEWAY", max_length=16)
+    called_aet: AeTitle = Field(description="The archive's AE title.")
+    calling_aet: AeTitle = Field(
+        "WBGATEWAY", description="The gateway's AE title; the archive must know it (and its host)."
+    )
+    retrieve: Literal["c-get", "c-move"] = Field(
+        "c-get",
+        description="'c-get': the archive sends the images back on the gateway's own association. "
+        "'c-move': the archive opens an association to the gateway's storage SCP "
+        "(storage_port), which the archive must have registered as a destination.",
+    )
+    move_destination: AeTitle | None = Field(
+        None,
+        description="AE title the archive sends C-MOVE results to (the gateway's storage SCP "
+        "answers to it); default: calling_aet.",
+    )
+    storage_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the gateway's storage SCP (C-MOVE only)."
+    )
+    storage_bind: str = Field(
+        "127.0.0.1",
+        description="Address the storage SCP listens on. It accepts associations only from the "
+        "archive's AE title and host, and only objects the gateway asked for.",
+    )
+    max_results: int = Field(
+        1000, ge=1, description="Most C-FIND matches read for one query; more are cancelled."
+    )
+
+    @model_validator(mode="after")
+    def _move_needs_a_port(self) -> DimseEndpoint:
+        if self.retrieve == "c-move" and self.storage_port is None:
+            raise ValueError("retrieve: c-move needs storage_port (the gateway's storage SCP)")
+        return self
+
+    @property
+    def destination_aet(self) -> str:
+        return self.move_destination or self.calling_aet
 
 
 class ArchiveConnection(_Strict):
     """How the sample gateway reaches the PACS. Only the gateway reads the credentials."""
 
     name: str = "RIPA"
+    integration: Literal["dicomweb", "dimse"] | None = Field(
+        None,
+        description="Which integration the gateway uses: 'dicomweb' (QIDO-RS, WADO-RS) or "
+        "'dimse' (C-FIND with C-GET or C-MOVE). Default: dicomweb when dicomweb_url is set.",
+    )
     dicomweb_url: str | None = Field(None, description="Base URL of the DICOMweb service.")
     credentials_file: str | None = Field(
         None,
@@ -303,12 +359,37 @@ class ArchiveConnection(_Strict):
     )
     dimse: DimseEndpoint | None = None
     timeout_seconds: float = Field(30.0, gt=0)
+    page_size: int = Field(
+        100, ge=1, le=1000, description="Studies asked for per search page (QIDO-RS limit=)."
+    )
+    max_results: int | None = Field(
+        None,
+        ge=1,
+        description="The archive's own cap on results per query, if it has one (Orthanc: "
+        "LimitFindResults). A page of that many is never taken for the last page.",
+    )
+    text_matching: Literal["case-sensitive", "case-insensitive"] = Field(
+        "case-sensitive",
+        description="How the archive matches text such as StudyDescription. 'case-sensitive' "
+        "(safe for any archive): the gateway also asks for the upper-case, lower-case and "
+        "capitalised spelling. 'case-insensitive' (Orthanc's DICOMweb; not its C-FIND): one query.",
+    )
 
     @model_validator(mode="after")
     def _needs_an_integration(self) -> ArchiveConnection:
         if not self.dicomweb_url and not self.dimse:
             raise ValueError("set dicomweb_url or dimse: the gateway needs a way to the archive")
+        if self.integration == "dicomweb" and not self.dicomweb_url:
+            raise ValueError("integration is dicomweb but dicomweb_url is not set")
+        if self.integration == "dimse" and not self.dimse:
+            raise ValueError("integration is dimse but the dimse section is missing")
         return self
+
+    @property
+    def used_integration(self) -> Literal["dicomweb", "dimse"]:
+        if self.integration:
+            return self.integration
+        return "dicomweb" if self.dicomweb_url else "dimse"
 
 
 class WorkbenchConfig(_Strict):
