@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from extensions.runs import execute
-from extensions.runs.errors import NomadRunFailed
+from extensions.runs.errors import NomadRunFailed, RunRefused
 from extensions.runs.nomad import (
     NomadRuns,
     RunJobSettings,
@@ -23,6 +23,7 @@ from extensions.runs.nomad import (
     run_job_id,
 )
 from extensions.runs.progress import Progress
+from extensions.runs.quota import LedgerQuota, RunQuota
 from extensions.runs.records import RunStore
 from hub_config.loader import parse_config
 from hub_config.model import Profile, Project
@@ -43,6 +44,12 @@ projects:
     title: MAGI
     members: [anna]
     approval: {reference: R-1, expires: 2099-12-31}
+    budget: {cpu_core_hours: 100}
+  - id: kina
+    title: KINA
+    members: [anna]
+    approval: {reference: R-2, expires: 2099-12-31}
+    budget: {max_concurrent_gpus: 0}
 """,
     "test-runs.yaml",
 )
@@ -120,24 +127,6 @@ def test_run_job_prefix_must_differ_from_the_spawners() -> None:
 
 
 # Real runs on the double -----------------------------------------------------------------------
-class FakeQuota:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, ...]] = []
-
-    def reserve(self, claim):
-        self.calls.append(("reserve", claim.project, claim.user, claim.profile.slug))
-        return f"alloc-{claim.run_id}"
-
-    def started(self, allocation_id, at=None):
-        self.calls.append(("started", allocation_id))
-
-    def heartbeat(self, allocation_id):
-        return None
-
-    def ended(self, allocation_id, reason, at=None):
-        self.calls.append(("ended", allocation_id, reason))
-
-
 @pytest.fixture(scope="module")
 def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NomadDouble]:
     with NomadDouble(cluster_nodes(tmp_path_factory.mktemp("nodes"))) as nomad:
@@ -145,7 +134,7 @@ def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NomadDouble]:
         assert nomad.violations == [], "requests that do not match Nomad's API"
 
 
-def _runs(double: NomadDouble, quota: FakeQuota) -> NomadRuns:
+def _runs(double: NomadDouble, quota: RunQuota) -> NomadRuns:
     settings = RunJobSettings(job=JobSettings(datacenters=("dc1",), driver="raw_exec"),
                               command=(sys.executable, "-m", "extensions.runs", "execute"))
     return NomadRuns(NomadConnection(address=double.address), settings, quota, wait=5.0,
@@ -165,7 +154,7 @@ def test_a_run_on_nomad_gives_the_same_record_as_a_local_run(double: NomadDouble
                                   workspace=workspace, user="anna")
 
     local = execute.run(request("local"), config=lambda: CONFIG)
-    quota = FakeQuota()
+    quota = LedgerQuota(f"sqlite:///{tmp_path / 'ledger.sqlite'}", CONFIG)
     seen: list[Progress] = []
     remote = execute.run(request("nomad"), sink=seen.append, config=lambda: CONFIG, nomad=_runs(double, quota))
 
@@ -180,10 +169,13 @@ def test_a_run_on_nomad_gives_the_same_record_as_a_local_run(double: NomadDouble
     assert remote.nomad.alloc_id and remote.nomad.node == "cpu-1" and remote.nomad.exit_code == 0
     assert remote.resources.cpu == 1 and remote.resources.memory == 1024**3
     assert seen[0].state == "starting" and (seen[-1].cell, seen[-1].cells, seen[-1].state) == (7, 7, "done")
-    allocation = f"alloc-{remote.id}"
-    assert quota.calls == [("reserve", "magi", "anna", "cpu-small"), ("started", allocation),
-                           ("ended", allocation, "run succeeded")]
-    assert remote.quota_allocation == allocation
+    charged = quota.ledger.get(remote.quota_allocation)
+    assert (charged.kind, charged.account, charged.user, charged.server_name) == (
+        "batch", "magi", "anna", f"run:{remote.id}")
+    assert (charged.status, charged.cpu, charged.gpus) == ("ended", 1.0, 0)
+    assert charged.started_at <= charged.ended_at  # from Nomad's task start to its end
+    assert charged.ended_at - charged.started_at < remote.resources.wall_seconds + 10
+    assert remote.quota == "charged in the quota ledger"
     job = double.call(lambda: double.cluster.jobs[("default", remote.nomad.job_id)])  # type: ignore[union-attr]
     assert job["Type"] == "batch" and job["TaskGroups"][0]["Tasks"][0]["Resources"]["CPU"] == 1000
 
@@ -192,7 +184,7 @@ def test_a_run_nomad_cannot_place_fails_at_once_and_releases_its_quota(
     double: NomadDouble, tmp_path: Path
 ) -> None:
     nb = deterministic_notebook(tmp_path / "analysis.ipynb")
-    quota = FakeQuota()
+    quota = LedgerQuota(f"sqlite:///{tmp_path / 'ledger.sqlite'}", CONFIG)
     request = execute.RunRequest(nb, {}, project="magi", profile="h100", where="nomad",
                                  workspace=tmp_path, user="anna")
     with pytest.raises(NomadRunFailed, match="No node can start the profile 'h100'") as failure:
@@ -200,6 +192,20 @@ def test_a_run_nomad_cannot_place_fails_at_once_and_releases_its_quota(
     (record,) = RunStore(tmp_path).records()
     assert record.status == "failed" and "No node can start" in record.message
     assert record.environment is None and record.started is None  # the notebook never ran
-    assert [c[0] for c in quota.calls] == ["reserve", "ended"]  # reserved, then released
+    released = quota.ledger.get(record.quota_allocation)
+    assert released.status == "released" and released.started_at is None  # costs nothing
     assert record.id in failure.value.message
     assert double.call(lambda: ("default", record.nomad.job_id) not in double.cluster.jobs)  # type: ignore[union-attr]
+
+
+def test_a_run_the_budget_refuses_is_neither_created_nor_submitted(double: NomadDouble, tmp_path: Path) -> None:
+    nb = deterministic_notebook(tmp_path / "analysis.ipynb")
+    quota = LedgerQuota(f"sqlite:///{tmp_path / 'ledger.sqlite'}", CONFIG)
+    double.clear_requests()
+    request = execute.RunRequest(nb, {}, project="kina", profile="h100", where="nomad",
+                                 workspace=tmp_path, user="anna")
+    with pytest.raises(RunRefused) as refused:
+        execute.run(request, config=lambda: CONFIG, nomad=_runs(double, quota))
+    assert refused.value.reason == "quota_exceeded" and "GPU" in refused.value.message
+    assert not (tmp_path / "runs").exists()
+    assert [r for r in double.requests if r.method != "GET"] == []

@@ -273,38 +273,45 @@ class NomadRuns:
 def run_on_nomad(request: Any, runs: NomadRuns, *, sink: Sink | None = None,
                  config: Any = None) -> RunRecord:
     """Check, reserve, submit, follow and collect one run (blocking; for the CLI)."""
-    from .execute import _default_config, check, create
+    from .execute import _default_config, check
 
-    checked = check(request, config or _default_config)
-    context = checked.context
-    if context.profile is None:
+    loader = config or _default_config
+    checked = check(request, loader)  # every refusal before anything is reserved or created
+    if checked.context.profile is None:
         raise RunError("A run on Nomad needs a compute profile: pass --profile.", reason="no_profile")
-    project = (config or _default_config)().project(context.project)
+    project = loader().project(checked.context.project)
+    return asyncio.run(_reserve_and_submit(checked, project, runs, sink))
+
+
+async def _reserve_and_submit(checked: Any, project: Project, runs: NomadRuns,
+                              sink: Sink | None) -> RunRecord:
+    from .execute import create
     from .records import new_run_id
 
+    context = checked.context
     run_id = new_run_id()
-    allocation = runs.quota.reserve(RunClaim(context.project, context.user, run_id, context.profile))
+    allocation = await runs.quota.reserve(RunClaim(context.project, context.user, run_id, context.profile))
+    settings = runs.settings
     try:
-        job_settings = runs.settings
-        namespace = objects.placement(context.profile, job_settings.job).namespace
-        job_id = run_job_id(job_settings, context.project, run_id)
-        prepared = create(checked, run_id, quota_allocation=allocation,
+        namespace = objects.placement(context.profile, settings.job).namespace
+        job_id = run_job_id(settings, context.project, run_id)
+        prepared = create(checked, run_id, quota_allocation=allocation, quota=runs.quota.description,
                           nomad=NomadInfo(job_id=job_id, namespace=namespace))
+        forwarded = {k: os.environ[k] for k in settings.forward_env if os.environ.get(k)}
+        secrets = {}
+        token = os.environ.get(settings.token_env)
+        if token and settings.job.token_delivery == "variable":
+            secrets[settings.token_env] = token
+        elif token:
+            forwarded[settings.token_env] = token
+        spec = RunJobSpec(run_id, context.user, project, context.profile, str(prepared.folder),
+                          tuple(context.datasets), forwarded)
+        job = build_run_job(spec, settings, secrets)
     except BaseException:
         if allocation:
-            runs.quota.ended(allocation, "the run could not be prepared")
+            await runs.quota.ended(allocation, "the run could not be prepared")
         raise
-    forwarded = {k: os.environ[k] for k in job_settings.forward_env if os.environ.get(k)}
-    secrets = {}
-    token = os.environ.get(job_settings.token_env)
-    if token and job_settings.job.token_delivery == "variable":
-        secrets[job_settings.token_env] = token
-    elif token:
-        forwarded[job_settings.token_env] = token
-    spec = RunJobSpec(run_id, context.user, project, context.profile, str(prepared.folder),
-                      tuple(context.datasets), forwarded)
-    job = build_run_job(spec, job_settings, secrets)
-    return asyncio.run(submit_and_follow(prepared.store, prepared.record, job, runs, sink, secrets))
+    return await submit_and_follow(prepared.store, prepared.record, job, runs, sink, secrets)
 
 
 async def submit_and_follow(
@@ -319,7 +326,7 @@ async def submit_and_follow(
             registered = await client.register_job(job)
         except NomadError as exc:
             await _cleanup(client, job_id, namespace, bool(secrets))
-            return _settle(store, record, runs, None, f"Nomad refused the run: {exc}")
+            return await _settle(store, record, runs, None, f"Nomad refused the run: {exc}")
         eval_id = str(registered.get("EvalID") or "")
         if sink:
             sink(Progress(record.id, 0, 0, "starting", f"submitted to Nomad as job {job_id}"))
@@ -328,7 +335,7 @@ async def submit_and_follow(
                                        namespace, runs, sink)
             if refusal is not None:
                 await _cleanup(client, job_id, namespace, bool(secrets))
-                return _settle(store, record, runs, None, refusal)
+                return await _settle(store, record, runs, None, refusal)
             alloc = await _follow(client, store, record, job_id, namespace, runs, sink)
         except NomadError as exc:
             # Nomad went away while we followed: the job may still run; collect() settles it later.
@@ -342,7 +349,7 @@ async def submit_and_follow(
                 await client.delete_variable(objects.variable_path(job_id), namespace=namespace)
             except NomadError:
                 pass
-    return _settle(store, record, runs, alloc, None)
+    return await _settle(store, record, runs, alloc, None)
 
 
 async def _placement(client: NomadClient, record: RunRecord, eval_id: str, index: int,
@@ -390,14 +397,12 @@ async def _follow(client: NomadClient, store: RunStore, record: RunRecord, job_i
             state = ((alloc.get("TaskStates") or {}).get(TASK) or {})
             if allocation and not started and state.get("StartedAt") and _epoch(state.get("StartedAt")):
                 started = True
-                await asyncio.to_thread(runs.quota.started, allocation, _epoch(state["StartedAt"]))
+                await runs.quota.started(allocation, _epoch(state["StartedAt"]))
             if alloc.get("ClientStatus") in TERMINAL_CLIENT:
-                if allocation and not started and _epoch(state.get("StartedAt")):
-                    await asyncio.to_thread(runs.quota.started, allocation, _epoch(state["StartedAt"]))
                 return alloc
             if allocation and time.monotonic() - last_beat >= runs.heartbeat_every:
                 last_beat = time.monotonic()
-                stop = await asyncio.to_thread(runs.quota.heartbeat, allocation)
+                stop = await runs.quota.heartbeat(allocation)
                 if stop:
                     await client.deregister_job(job_id, namespace=namespace)
                     record.message = f"stopped by the quota service: {stop}"
@@ -433,7 +438,7 @@ async def _cleanup(client: NomadClient, job_id: str, namespace: str, had_secrets
         pass
 
 
-def _settle(store: RunStore, record: RunRecord, runs: NomadRuns, alloc: Mapping[str, Any] | None,
+async def _settle(store: RunStore, record: RunRecord, runs: NomadRuns, alloc: Mapping[str, Any] | None,
             refusal: str | None) -> RunRecord:
     """Complete the record from what the task wrote and what Nomad says; close the quota."""
     current = store.load(record.id)
@@ -457,7 +462,7 @@ def _settle(store: RunStore, record: RunRecord, runs: NomadRuns, alloc: Mapping[
         ended_at = None
     store.save(current)
     if current.quota_allocation:
-        runs.quota.ended(current.quota_allocation, f"run {current.status}", ended_at)
+        await runs.quota.ended(current.quota_allocation, f"run {current.status}", ended_at)
     if refusal is not None:
         raise NomadRunFailed(refusal + f" (run {current.id} recorded as failed; nothing ran)")
     return current
@@ -472,18 +477,18 @@ async def collect(store: RunStore, run_id: str, runs: NomadRuns) -> RunRecord:
         try:
             reply = await client.job_allocations(record.nomad.job_id, namespace=record.nomad.namespace)
         except NomadNotFound:
-            return _lost(store, record, runs)
+            return await _lost(store, record, runs)
     allocs = [a for a in reply.data or [] if a.get("TaskGroup", GROUP) == GROUP]
     alloc = max(allocs, key=lambda a: a.get("CreateIndex", 0), default=None)
     if alloc is None or alloc.get("ClientStatus") not in TERMINAL_CLIENT:
         return record
-    return _settle(store, record, runs, alloc, None)
+    return await _settle(store, record, runs, alloc, None)
 
 
-def _lost(store: RunStore, record: RunRecord, runs: NomadRuns) -> RunRecord:
+async def _lost(store: RunStore, record: RunRecord, runs: NomadRuns) -> RunRecord:
     record.status, record.ended = "lost", now_iso()
     record.message = "Nomad no longer knows this run's job (garbage-collected or purged)"
     store.save(record)
     if record.quota_allocation:
-        runs.quota.ended(record.quota_allocation, "run lost")
+        await runs.quota.ended(record.quota_allocation, "run lost")
     return record

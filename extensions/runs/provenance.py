@@ -172,7 +172,12 @@ def kernel_launch(kernel_name: str) -> KernelLaunch:
 
 def environment(kernel_name: str) -> dict[str, Any]:
     """The kernel's environment as a lock list with its hash."""
-    launch = kernel_launch(kernel_name)
+    return environment_for(kernel_launch(kernel_name))
+
+
+def environment_for(launch: KernelLaunch) -> dict[str, Any]:
+    """As :func:`environment`, for a kernel already looked up (safe in a worker thread: it
+    imports nothing, so it cannot deadlock with imports of the main thread)."""
     kernel = {"name": launch.name, "display_name": launch.display_name,
               "language": launch.language, "executable": launch.argv0}
     if launch.language.lower() != "python":

@@ -163,6 +163,7 @@ class RunRecord(_Model):
     nomad: NomadInfo | None = None
     executor: dict[str, Any] | None = Field(None, description="host and pid executing it")
     quota_allocation: str | None = None
+    quota: str | None = Field(None, description="How a Nomad run was charged (or that it was not).")
     rerun_of: str | None = None
     papermill: str | None = None
 
