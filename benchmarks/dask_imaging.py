@@ -26,9 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from demo.archive import build_archive  # noqa: E402
-from extensions.imaging import sequential_job, slice_stats, smooth_slices  # noqa: E402
-from extensions.loading import open_series  # noqa: E402
+from demo.archive import build_archive
+from extensions.imaging import sequential_job, slice_stats, smooth_slices
+from extensions.loading import open_series
 
 
 def upsampled_series(source: Path, size: int, out: Path) -> Path:
@@ -50,7 +50,7 @@ def upsampled_series(source: Path, size: int, out: Path) -> Path:
     return out
 
 
-def time_it(fn, repeat: int) -> tuple[float, object]:  # noqa: ANN001
+def time_it(fn, repeat: int) -> tuple[float, object]:
     times, result = [], None
     for _ in range(repeat):
         start = time.perf_counter()
@@ -59,7 +59,7 @@ def time_it(fn, repeat: int) -> tuple[float, object]:  # noqa: ANN001
     return statistics.median(times), result
 
 
-def dask_job(series: Path, sigma: float):  # noqa: ANN201
+def dask_job(series: Path, sigma: float):
     import dask
 
     volume = open_series(series, chunks=1)

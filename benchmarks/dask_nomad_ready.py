@@ -21,12 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from distributed import Client, LocalCluster  # noqa: E402
+from distributed import Client, LocalCluster
 
-from extensions.compute.nomad import NomadCluster, WorkerShape  # noqa: E402
-from extensions.compute.nomad_jobs import DaskJobSettings, Owner  # noqa: E402
-from spawners.nomad.client import NomadConnection  # noqa: E402
-from tests.nomad_double import Node, NomadDouble  # noqa: E402
+from extensions.compute.nomad import NomadCluster, WorkerShape
+from extensions.compute.nomad_jobs import DaskJobSettings, Owner
+from spawners.nomad.client import NomadConnection
+from tests.nomad_double import Node, NomadDouble
 
 WORKERS = 4
 

@@ -26,16 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from extensions.compute import gpu, plan  # noqa: E402
-from extensions.compute.sizing import GiB, Limits  # noqa: E402
+from extensions.compute import gpu, plan
+from extensions.compute.sizing import GiB, Limits
 
 RESULTS: dict[str, dict[str, object]] = {}
 
 
-def step(name: str):  # noqa: ANN201
-    def wrap(fn):  # noqa: ANN001, ANN202
+def step(name: str):
+    def wrap(fn):
         start = time.perf_counter()
         try:
             detail = fn() or {}

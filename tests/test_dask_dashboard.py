@@ -59,7 +59,7 @@ def server_kernel(hub: RunningHub) -> Iterator[dict[str, str]]:
         stop(hub, USER)
 
 
-def test_dashboard_through_the_hub(new_page, hub: RunningHub, server_kernel: dict[str, str]) -> None:  # noqa: ANN001
+def test_dashboard_through_the_hub(new_page, hub: RunningHub, server_kernel: dict[str, str]) -> None:
     link = server_kernel["link"]
     assert server_kernel["kind"] == "LocalCluster"
     assert re.fullmatch(rf"/user/{USER}/proxy/\d+/status", link), link

@@ -10,7 +10,7 @@ import pytest
 
 from extensions.compute import gpu
 from extensions.compute.gpu import GpuOptions, GpuUnavailable
-from extensions.compute.sizing import GiB, Allocation
+from extensions.compute.sizing import Allocation, GiB
 
 
 @pytest.mark.parametrize(("env", "count", "devices"), [

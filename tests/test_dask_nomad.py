@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,8 +17,19 @@ import pytest
 from distributed import Client
 
 from extensions.compute import reaper
-from extensions.compute.nomad import ClusterLimits, NomadCluster, WorkerShape, WorkerStartFailed
-from extensions.compute.nomad_jobs import DaskJobSettings, Owner, WorkerSpec, build_worker_job, job_id
+from extensions.compute.nomad import (
+    ClusterLimits,
+    NomadCluster,
+    WorkerShape,
+    WorkerStartFailed,
+)
+from extensions.compute.nomad_jobs import (
+    DaskJobSettings,
+    Owner,
+    WorkerSpec,
+    build_worker_job,
+    job_id,
+)
 from extensions.compute.quota import QuotaRefused
 from spawners.nomad.client import NomadClient, NomadConnection
 from tests.nomad_double import DeviceGroup, Node, NomadDouble
@@ -274,7 +286,7 @@ async def test_reaper_removes_workers_whose_scheduler_is_gone(nomad: NomadDouble
         deadline = time.monotonic() + 10
         while not any(nomad.process_alive(a["ID"]) for a in nomad.allocations(job["ID"])):
             assert time.monotonic() < deadline
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
         report = await reaper.reap(client, SETTINGS, grace_s=60)
         assert [j.job_id for j in report.kept] == [job["ID"]]  # submitted just now: spared
         report = await reaper.reap(client, SETTINGS, grace_s=0)
@@ -331,8 +343,6 @@ def test_a_killed_kernel_leaves_workers_that_end_themselves_and_the_reaper_purge
     async def reap() -> reaper.Report:
         async with NomadClient(NomadConnection(address=nomad.address)) as client:
             return await reaper.reap(client, SETTINGS, username="anna")
-
-    import asyncio
 
     report = asyncio.run(reap())
     assert [j.job_id for j in report.removed] == [job]

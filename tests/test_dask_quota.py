@@ -7,6 +7,7 @@ gets one worker, the second is refused with the service's own message, the ledge
 running ``dask-worker`` allocation, and closing the cluster ends it.
 """
 
+# ruff: noqa: F811 - quota_hub is imported as a fixture and taken as a parameter
 from __future__ import annotations
 
 import sys
@@ -25,7 +26,7 @@ from tests.nomad_double import DeviceGroup, Node, NomadDouble
 pytestmark = [pytest.mark.hub]
 
 pytest.importorskip("services.quota.app", reason="the quota service (services/quota/app.py) is not in this tree")
-from tests.fixtures.quota import quota_hub  # noqa: E402, F401 - the fixture, also without the conftest plugin
+from tests.fixtures.quota import quota_hub  # noqa: F401 - the fixture, also without the conftest plugin
 
 PROJECT, USER = "steady", "rita"
 # GPU workers whose command is the plain worker (no dask-cuda on the test machine).
@@ -34,7 +35,7 @@ SETTINGS = DaskJobSettings(driver="raw_exec", python=sys.executable,
 
 
 @pytest.fixture
-def one_gpu_budget(quota_hub) -> Iterator[str]:  # noqa: ANN001 - tests.fixtures.quota.QuotaHub
+def one_gpu_budget(quota_hub) -> Iterator[str]:
     with quota_hub.api() as api:
         api.post(f"users/{USER}")
         answer = api.post(f"users/{USER}/tokens", json={"scopes": ["access:services!service=quota"],
@@ -50,12 +51,12 @@ def one_gpu_budget(quota_hub) -> Iterator[str]:  # noqa: ANN001 - tests.fixtures
             admin.delete(f"api/budgets/{PROJECT}")
 
 
-def _ledger_rows(quota_hub, ids: list[str]) -> list[dict]:  # noqa: ANN001
+def _ledger_rows(quota_hub, ids: list[str]) -> list[dict]:
     with quota_hub.quota_api() as admin:
         return [admin.get(f"api/allocations/{i}").json() for i in ids]
 
 
-def test_workers_are_reserved_started_refused_and_ended_in_the_ledger(quota_hub, one_gpu_budget: str) -> None:  # noqa: ANN001
+def test_workers_are_reserved_started_refused_and_ended_in_the_ledger(quota_hub, one_gpu_budget: str) -> None:
     accounting = QuotaService(f"{quota_hub.url}/services/quota/", one_gpu_budget, PROJECT)
     nodes = [Node(name="gpu-1", cpu_mhz=8000, memory_mb=16384, devices=[DeviceGroup(count=2)])]
     with NomadDouble(nodes) as nomad:
@@ -90,7 +91,7 @@ def test_workers_are_reserved_started_refused_and_ended_in_the_ledger(quota_hub,
     assert row["status"] == "ended" and row["ended_at"] >= row["started_at"]
 
 
-async def test_a_refusal_is_typed_and_an_unreachable_service_refuses_too(quota_hub, one_gpu_budget: str) -> None:  # noqa: ANN001
+async def test_a_refusal_is_typed_and_an_unreachable_service_refuses_too(quota_hub, one_gpu_budget: str) -> None:
     service = QuotaService(f"{quota_hub.url}/services/quota/", one_gpu_budget, PROJECT)
     held = await service.reserve("held", cpu=1, gpus=1)
     try:

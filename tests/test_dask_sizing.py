@@ -8,7 +8,7 @@ import pytest
 
 from extensions.compute import sizing
 from extensions.compute.cluster import ClusterChoiceError, choose, plan
-from extensions.compute.sizing import GiB, MiB, Allocation, Limits
+from extensions.compute.sizing import Allocation, GiB, Limits, MiB
 
 NODE = Limits("node", cpus=64.0, memory=512 * GiB)
 

@@ -28,6 +28,7 @@ log = logging.getLogger("workbench.dask")
 
 Kind = Literal["auto", "local", "cuda", "nomad"]
 LINK_TEMPLATE = "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status"
+DEFAULT_GPU_OPTIONS = gpu.GpuOptions()
 
 
 class ClusterChoiceError(ValueError):
@@ -102,7 +103,7 @@ def plan(
     devices: list[str] | None = None,
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
-    gpu_options: gpu.GpuOptions = gpu.GpuOptions(),
+    gpu_options: gpu.GpuOptions = DEFAULT_GPU_OPTIONS,
 ) -> Plan:
     """Decide without starting anything (``limits``/``devices`` default to what is detected)."""
     env = dict(os.environ if environ is None else environ)
@@ -153,7 +154,7 @@ def get_cluster(
     *,
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
-    gpu_options: gpu.GpuOptions = gpu.GpuOptions(),
+    gpu_options: gpu.GpuOptions = DEFAULT_GPU_OPTIONS,
     worker_threads: int = 1,
     worker_memory: str | int = "2GiB",
     worker_gpus: int = 0,

@@ -42,7 +42,12 @@ from distributed.deploy.spec import ProcessInterface, SpecCluster
 from distributed.scheduler import Scheduler
 
 from spawners.nomad import events
-from spawners.nomad.client import NomadClient, NomadConnection, NomadError, NomadNotFound
+from spawners.nomad.client import (
+    NomadClient,
+    NomadConnection,
+    NomadError,
+    NomadNotFound,
+)
 from spawners.nomad.placement import explain
 
 from . import reaper
@@ -340,7 +345,7 @@ async def _wait_listening(host: str, port: int, timeout: float) -> None:
     while True:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             if time.monotonic() > deadline:
                 raise WorkerStartFailed(f"the Dask scheduler at {host}:{port} never answered",
                                         reason="scheduler_silent") from None
@@ -363,7 +368,7 @@ class NomadCluster(SpecCluster):
         *,
         connection: NomadConnection,
         owner: Owner,
-        settings: DaskJobSettings = DaskJobSettings(),
+        settings: DaskJobSettings | None = None,
         shape: WorkerShape = WorkerShape(),
         accounting: Accounting | None = None,
         limits: ClusterLimits = ClusterLimits(),
@@ -380,7 +385,7 @@ class NomadCluster(SpecCluster):
         **kwargs: Any,
     ) -> None:
         self.runtime = Runtime(
-            connection, settings, owner, shape, accounting or Unaccounted(),
+            connection, settings or DaskJobSettings(), owner, shape, accounting or Unaccounted(),
             start_timeout=start_timeout, stop_timeout=stop_timeout,
             fail_on_unplaceable=fail_on_unplaceable, quota_retry_s=quota_retry_s,
         )

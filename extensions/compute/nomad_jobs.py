@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from spawners.nomad import slugs
-from spawners.nomad.objects import MiB, SECOND_NS, _constraint, check_no_interpolation
+from spawners.nomad.objects import SECOND_NS, MiB, _constraint, check_no_interpolation
 
 META = "workbench_"
 WORKER_GROUP, WORKER_TASK = "worker", "dask-worker"

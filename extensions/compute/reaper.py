@@ -59,9 +59,7 @@ def find_leftovers(
     leftovers, kept = [], []
     for job in jobs:
         young = now_ns - job.submit_time_ns < grace_s * 1e9
-        if job.status == "dead":
-            leftovers.append(job)
-        elif job.role == "worker" and not young and job.scheduler not in reachable:
+        if job.status == "dead" or job.role == "worker" and not young and job.scheduler not in reachable:
             leftovers.append(job)
         else:
             kept.append(job)
@@ -97,7 +95,7 @@ async def reachable_schedulers(addresses: Iterable[str], timeout: float = 2.0) -
             return None
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, parsed.port), timeout)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return None
         writer.close()
         return address
