@@ -9,6 +9,9 @@ the demo, CI and a region deployment comes from the environment:
   WORKBENCH_HUB_API_PORT    the hub's internal port (default 8081)
   WORKBENCH_PROXY_API_PORT  the proxy's API port (default 8001)
   WORKBENCH_GATEWAY_PORT    the sample gateway service's port (default 8090)
+  WORKBENCH_QUOTA_PORT      the quota service's port (default 8091)
+  WORKBENCH_QUOTA_DB        the quota ledger's SQLAlchemy URL (default: SQLite in the data dir;
+                            'postgresql://user:pw@host/db' for PostgreSQL); WORKBENCH_QUOTA=0 is off
   WORKBENCH_SPAWNER         'local' (default) or 'nomad'
   WORKBENCH_PASSWORD_FILE   demo passwords: 'user:<pw>' and 'admin:<pw>' lines
   WORKBENCH_EXTRA_CONFIG    a further config file loaded last (identity provider, Nomad, TLS)
@@ -121,6 +124,57 @@ c.JupyterHub.load_roles = [
         "scopes": ["self", "access:services!service=sample-gateway"],
     },
 ]
+
+# Quotas of loaned compute (services/quota): every start is reserved against the project's
+# budget in the ledger (the spawner talks to it directly: atomic and independent of the
+# service); the spawn form shows what is left; the quota service runs the admin pages, the
+# API and the enforcer (warnings at 80/95 %, stops after the grace period at 100 %, through
+# the hub API); the hub's pages show each user's notices.
+if os.environ.get("WORKBENCH_QUOTA", "1") != "0":
+    from services.quota.announcement import HubAnnouncement
+    from services.quota.app import ADMIN_SCOPE, default_db_url
+    from services.quota.spawning import project_notes
+
+    quota_db = os.environ.get("WORKBENCH_QUOTA_DB") or default_db_url(str(data_dir))
+    quota_port = _port("WORKBENCH_QUOTA_PORT", 8091)
+    c.Spawner.quota_db_url = quota_db
+    c.Spawner.project_notes_hook = project_notes
+    c.JupyterHub.template_vars = {"announcement": HubAnnouncement(quota_db, WORKBENCH_YAML)}
+    c.JupyterHub.custom_scopes = {
+        ADMIN_SCOPE: {"description": "See every project's compute usage and change budgets."},
+    }
+    c.JupyterHub.services.append(
+        {
+            "name": "quota",
+            "display": True,  # listed in the hub's Services menu for those who may open it
+            "url": f"http://127.0.0.1:{quota_port}",
+            "command": [PY, "-m", "services.quota"],
+            "cwd": str(ROOT),
+            "environment": {
+                "WORKBENCH_CONFIG": WORKBENCH_YAML,
+                "WORKBENCH_DATA_DIR": str(data_dir),
+                "WORKBENCH_QUOTA_DB": quota_db,
+                "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+                **{k: v for k, v in os.environ.items() if k.startswith("WORKBENCH_QUOTA_")},
+            },
+            "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": [ADMIN_SCOPE],
+        }
+    )
+    c.JupyterHub.load_roles += [
+        {
+            # The enforcer: list servers, stop those over budget; nothing else.
+            "name": "quota-service",
+            "services": ["quota"],
+            "scopes": ["list:users", "read:users:name", "read:servers", "servers"],
+        },
+        {"name": "quota-admin", "users": sorted(workbench.admins), "scopes": [ADMIN_SCOPE]},
+    ]
+    for role in c.JupyterHub.load_roles:
+        if role["name"] in {"user", "server"}:
+            # Everyone reads their own projects' budgets and notices (JupyterLab shows them).
+            role["scopes"].append("access:services!service=quota")
+    c.Spawner.environment.update({"WORKBENCH_QUOTA_URL": f"{public_url}/services/quota/"})
 
 extra = os.environ.get("WORKBENCH_EXTRA_CONFIG")
 if extra:

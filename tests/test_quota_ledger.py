@@ -24,8 +24,6 @@ from services.quota.budgets import usage_of
 from services.quota.errors import QuotaExceeded
 from services.quota.ledger import ENDED, RELEASED, RUNNING, Claim, Ledger
 
-pytest_plugins = ["tests.fixtures.quota"]
-
 MAY_2 = 1777716000.0  # 2026-05-02 12:00 CEST: every sequence stays inside May
 GPU_RACE = Budget(gpu_hours=500, max_concurrent_gpus=2, max_concurrent_servers=60)
 

@@ -23,8 +23,6 @@ from services.quota.ledger import ENDED, RELEASED, RUNNING, Ledger
 from services.quota.spawning import project_notes
 from spawners.workbench import WorkbenchSpawnerMixin
 
-pytest_plugins = ["tests.fixtures.quota"]
-
 WORKBENCH = """\
 profiles:
   - {slug: cpu-small, name: Small CPU, cpu: 1, memory: 1G}
@@ -59,6 +57,8 @@ class PretendServer(Spawner):
         return ("127.0.0.1", 45678)
 
     async def poll(self):
+        if not self.alive and self.fail_start:
+            self.clear_state()  # as LocalProcessSpawner.poll does for a server without a pid
         return None if self.alive else 0
 
     async def stop(self, now: bool = False) -> None:

@@ -319,7 +319,12 @@ class Refusal:
 
 
 def _hours(value: float) -> str:
-    return f"{value:,.1f}" if value >= 10 or value == 0 else f"{value:,.2f}"
+    """200.4, 9.60, 0.0042: enough digits to see a difference at every scale."""
+    if value >= 10 or value == 0:
+        return f"{value:,.1f}"
+    if value >= 0.1:
+        return f"{value:,.2f}"
+    return f"{value:.2g}"
 
 
 def _count(value: float) -> str:
