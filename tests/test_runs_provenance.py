@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +131,40 @@ def test_files_read_under_a_pull_are_recorded_as_that_pulls_manifest(tmp_path: P
 )
 def test_remote_urls_lose_their_credentials(url: str, public: str) -> None:
     assert provenance.public_url(url) == public
+
+
+def test_inputs_beyond_the_size_limit_are_identified_by_a_listing(tmp_path: Path) -> None:
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"x" * 100)
+    sha, files, size, method = provenance.hash_path(folder)
+    assert (files, size, method) == (1, 100, "sha256")
+    listed = provenance.hash_path(folder, limit=10)
+    assert listed[1:] == (1, 100, "listing") and listed[0] != sha
+    os.utime(folder / "a.bin", ns=(1, 1))  # touched: the listing changes
+    assert provenance.hash_path(folder, limit=10)[0] != listed[0]
+    (inputs,) = provenance.parameter_inputs({"d": str(folder)}, tmp_path, None)
+    assert inputs["method"] == "sha256"
+
+
+def test_the_environment_is_cached_until_the_interpreters_paths_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    cache = tmp_path / "cache"
+    env = {"PYTHONPATH": str(site)}
+    first = provenance.environment_of(sys.executable, env, cache_dir=cache)
+    (entry,) = cache.iterdir()
+    stamps = json.loads(entry.read_text())["stamps"]
+    assert str(site) in stamps and "paths" not in first
+    with monkeypatch.context() as patched:
+        patched.setattr(provenance.subprocess, "run", lambda *a, **k: pytest.fail("probed again"))
+        assert provenance.environment_of(sys.executable, env, cache_dir=cache) == first
+
+    info = site / "late_tool-2.0.dist-info"  # `pip install` into a directory on the path
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: late-tool\nVersion: 2.0\n")
+    os.utime(site, ns=(stamps[str(site)] + 10**9, stamps[str(site)] + 10**9))
+    after = provenance.environment_of(sys.executable, env, cache_dir=cache)
+    assert "late-tool==2.0" in after["packages"] and after["sha256"] != first["sha256"]

@@ -72,13 +72,17 @@ def _engine_classes() -> tuple[type, type]:
             return super().execute(**kwargs)
 
         def papermill_execute_cells(self) -> None:
-            self._silent(TRACKER_SETUP)
+            spec = getattr(self.km, "kernel_spec", None)
+            python = spec is not None and str(spec.language).lower() == "python"
+            if python:  # the tracker is Python; other kernels record parameter inputs only
+                self._silent(TRACKER_SETUP)
             try:
                 super().papermill_execute_cells()
             finally:
                 try:
-                    reply = self._silent("pass", {"opened": TRACKER_QUERY})
-                    self.run_hooks.opened = _expression_list(reply, "opened")
+                    if python:
+                        reply = self._silent("pass", {"opened": TRACKER_QUERY})
+                        self.run_hooks.opened = _expression_list(reply, "opened")
                 except Exception:  # noqa: BLE001 - a dead kernel must not hide the cell's error
                     self.run_hooks.opened = []
                 self.run_hooks.cpu_seconds, self.run_hooks.peak_rss = _kernel_usage(self.km)

@@ -89,6 +89,9 @@ class InputData(_Model):
     sha256: str
     files: int = 0
     bytes: int = 0
+    method: Literal["sha256", "manifest", "listing"] = Field(
+        "sha256", description="content hash; the pull's manifest (per-file sha256); or, beyond "
+        "the size limit, a listing of relative paths, sizes and modification times")
 
 
 class CellOutput(_Model):
