@@ -9,7 +9,11 @@ warm-up kernel start (not counted), it is executed once with ``papermill.execute
 once with ``extensions.runs.execute.run`` (parameter check, code version, kernel environment,
 the tracking engine, input and output hashes, record writes), with the same parameters and
 kernel, in the same process. Prints both wall times, the ratio, and the machinery's own steps
-timed separately, so the difference can be read.
+timed separately, so the difference can be read (``--repeat N``: N pairs and their median
+ratio, since one pair on a shared machine varies by a few tenths of a second). The kernel's package list is cached between
+runs (until the interpreter's paths change); ``--cold-environment`` measures a run without that
+cache (the first run after an install), where a second interpreter lists the packages while the
+kernel starts.
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ def main() -> None:
     parser.add_argument("--data-mb", type=int, default=10)
     parser.add_argument("--work-seconds", type=float, default=0.0)
     parser.add_argument("--kernel", default="python3")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="pairs of runs (plain, then machinery); the median ratio is printed too")
+    parser.add_argument("--cold-environment", action="store_true",
+                        help="empty package-list cache, as on the first run after an install")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wb-runs-bench-"))
     notebook, data = build(work, args.data_mb, args.kernel)
@@ -80,28 +88,42 @@ def main() -> None:
 
     papermill.execute_notebook(str(notebook), str(work / "warmup.ipynb"), parameters=parameters,
                                kernel_name=args.kernel, progress_bar=False)  # warm caches, not counted
+    if not args.cold_environment:
+        provenance.environment(args.kernel)  # the cached package list a second run finds
 
-    plain, _ = timed(papermill.execute_notebook, str(notebook), str(work / "plain.ipynb"),
-                     parameters=parameters, kernel_name=args.kernel, progress_bar=False,
-                     cwd=str(notebook.parent))
-    request = execute.RunRequest(notebook, parameters, project="bench", workspace=data.parent,
-                                 kernel=args.kernel)
-    machinery, record = timed(execute.run, request)
-    assert record.status == "succeeded", record.message
+    pairs = []
+    for _ in range(args.repeat):
+        if args.cold_environment:
+            os.environ["XDG_CACHE_HOME"] = str(work / f"empty-cache-{time.time_ns()}")
+        plain, _ = timed(papermill.execute_notebook, str(notebook), str(work / "plain.ipynb"),
+                         parameters=parameters, kernel_name=args.kernel, progress_bar=False,
+                         cwd=str(notebook.parent))
+        request = execute.RunRequest(notebook, parameters, project="bench", workspace=data.parent,
+                                     kernel=args.kernel)
+        machinery, record = timed(execute.run, request)
+        assert record.status == "succeeded", record.message
+        pairs.append((plain, machinery, record))
 
     steps = {
         "parameter check": timed(lambda: check_parameters(declared_parameters(notebook), parameters))[0],
         "code version (git)": timed(provenance.code_version, notebook)[0],
         "kernel environment": timed(provenance.environment, args.kernel)[0],
+        "  the same, uncached": timed(provenance.environment_for, provenance.kernel_launch(args.kernel),
+                                      work / f"cold-{time.time_ns()}")[0],
         f"input hash ({args.data_mb} MB)": timed(provenance.parameter_inputs, parameters,
                                                   notebook.parent, data.parent)[0],
     }
     print(f"notebook: {len(CELLS) + 1} code cells, {args.data_mb} MB input, "
-          f"{args.work_seconds:g} s of work, kernel {args.kernel}")
-    print(f"plain papermill        {plain:7.3f} s")
-    print(f"run machinery          {machinery:7.3f} s   (record {record.id}, "
-          f"wall inside {record.resources.wall_seconds:.3f} s)")
-    print(f"overhead               {machinery - plain:7.3f} s   ratio {machinery / plain:.2f}")
+          f"{args.work_seconds:g} s of work, kernel {args.kernel}, package list "
+          f"{'uncached' if args.cold_environment else 'cached'}; load average {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} cores")
+    for plain, machinery, record in pairs:
+        print(f"plain papermill {plain:6.3f} s   run machinery {machinery:6.3f} s   "
+              f"overhead {machinery - plain:6.3f} s   ratio {machinery / plain:.2f}   (record {record.id})")
+    if len(pairs) > 1:
+        ratios = sorted(m / p for p, m, _ in pairs)
+        print(f"median ratio of {len(pairs)} pairs: {ratios[len(ratios) // 2]:.2f} "
+              f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f})")
     for name, seconds in steps.items():
         print(f"  {name:<22}{seconds:7.3f} s")
 

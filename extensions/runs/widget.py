@@ -139,8 +139,8 @@ class RunsPanel(w.VBox):
         if self.profile.value.strip() and self.where.value == "nomad":
             argv += ["--profile", self.profile.value.strip()]
         if self.parameters.value.strip():
-            handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="run-parameters-", delete=False)
-            with handle:
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="run-parameters-",
+                                             delete=False) as handle:
                 handle.write(self.parameters.value)
             argv += ["-f", handle.name]
         return argv
