@@ -15,8 +15,10 @@ Which implementation :func:`quota_from_env` picks, first match:
 
 * :class:`ServiceQuota` — ``WORKBENCH_QUOTA_URL`` and the server's ``JUPYTERHUB_API_TOKEN``:
   the quota service's allocations API, as a user's server must use it (it never holds the
-  ledger's database credentials). Built on the Dask cluster's client
-  (:class:`extensions.compute.quota.QuotaService`), sending ``kind: batch``.
+  ledger's database credentials), through the Dask cluster's client
+  (:class:`extensions.compute.quota.QuotaService`) with ``kind: batch``. The service's own
+  reservation time-out applies there: a job queued in Nomad for longer loses its reservation
+  and starts unaccounted (``started`` then changes nothing).
 * :class:`LedgerQuota` — ``WORKBENCH_QUOTA_DB``: the ledger's SQL tables directly, with the same
   atomic reservation the spawner uses; for hub-side processes, admins and CI.
 * :class:`NoQuota` — neither: nothing is charged (local development); the record says so.
@@ -147,7 +149,7 @@ class ServiceQuota:
     async def reserve(self, claim: RunClaim) -> str | None:
         from extensions.compute.quota import QuotaError
 
-        client = _batch_service_class()(self.url, self.token, claim.project)
+        client = _service(self.url, self.token, claim.project)
         try:
             allocation = await client.reserve(f"run:{claim.run_id}", cpu=claim.profile.cpu,
                                               gpus=claim.profile.gpus)
@@ -160,7 +162,7 @@ class ServiceQuota:
     def _client(self, allocation_id: str):
         if allocation_id not in self._clients:
             # Settled by another process (collect): only reservations need the project.
-            self._clients[allocation_id] = _batch_service_class()(self.url, self.token, "")
+            self._clients[allocation_id] = _service(self.url, self.token, "")
         return self._clients[allocation_id]
 
     async def started(self, allocation_id: str, at: float | None = None) -> None:
@@ -179,24 +181,10 @@ class ServiceQuota:
             await client.aclose()  # type: ignore[attr-defined]
 
 
-def _batch_service_class() -> type:
-    from extensions.compute.quota import QuotaRefused, QuotaService
+def _service(url: str, token: str, project: str):
+    from extensions.compute.quota import QuotaService
 
-    class BatchQuotaService(QuotaService):
-        """The Dask client's calls, with ``kind: batch`` on the reservation."""
-
-        async def reserve(self, name: str, *, cpu: float, gpus: int) -> str:
-            answer = await self._call("POST", "allocations", {
-                "project": self.project, "kind": "batch", "cpu": cpu, "gpus": gpus, "name": name,
-            })
-            if answer.status_code == 429:
-                body = answer.json().get("error", {})
-                raise QuotaRefused(self._message(answer), reason=str(body.get("limit") or "quota_exceeded"))
-            if answer.status_code != 201:
-                raise self._unexpected("reserve the run", answer)
-            return str(answer.json()["id"])
-
-    return BatchQuotaService
+    return QuotaService(url, token, project, kind="batch")
 
 
 def quota_from_env(config: WorkbenchConfig, environ: Mapping[str, str] | None = None) -> RunQuota:
