@@ -120,6 +120,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except RunError as error:
         err.write(f"error: {error.message}\n")
         return error.exit_code
+    except KeyboardInterrupt:
+        err.write("interrupted. A local run stops with this process (`list` marks it lost); a "
+                  "Nomad run keeps running: `python -m extensions.runs collect` settles it later.\n")
+        return 130
 
 
 def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -32,16 +32,19 @@ _STATUS_COLOUR = {"succeeded": "#2e7d32", "failed": "#c62828", "lost": "#6d4c41"
                   "running": "#1565c0", "queued": "#757575"}
 
 
-def _notebooks(root: Path, limit: int = 200) -> list[str]:
-    found = []
-    for path in sorted(root.rglob("*.ipynb")):
-        parts = path.relative_to(root).parts
-        if any(p.startswith(".") or p in {"runs", "node_modules"} for p in parts):
-            continue
-        found.append(str(path))
-        if len(found) >= limit:
+_SKIP = {"runs", "samples", "datasets", "node_modules", "__pycache__"}
+
+
+def _notebooks(root: Path, limit: int = 200, max_folders: int = 2000) -> list[str]:
+    """Notebooks under ``root`` for the picker: no hidden folders, run folders, samples or
+    datasets, no symbolic links followed, and a bounded walk (homes can hold large trees)."""
+    found: list[str] = []
+    for visited, (folder, subfolders, files) in enumerate(os.walk(root), start=1):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d not in _SKIP)
+        found.extend(str(Path(folder) / f) for f in sorted(files) if f.endswith(".ipynb"))
+        if len(found) >= limit or visited >= max_folders:
             break
-    return found
+    return found[:limit]
 
 
 class RunsPanel(w.VBox):
