@@ -55,7 +55,8 @@ def allowed_modalities(project: Project, modalities: Iterable[str]) -> list[str]
 
 
 def check_pull_size(
-    limits: SampleLimits, *, studies: int, instances: int, studies_today: int
+    limits: SampleLimits, *, studies: int, instances: int, studies_today: int,
+    instances_today: int = 0,
 ) -> None:
     """Refuse before anything is fetched if the selection breaks a per-pull or daily limit."""
     if studies > limits.max_studies_per_pull:
@@ -78,14 +79,31 @@ def check_pull_size(
             "(the count resets at midnight UTC).",
             reason="max_studies_per_day",
         )
+    daily = limits.max_instances_per_day
+    if daily is not None and instances_today + instances > daily:
+        left = max(daily - instances_today, 0)
+        raise LimitExceeded(
+            f"This project has pulled {instances_today} images today and the selection holds "
+            f"{instances}; the daily limit is {daily}, so {left} more can be pulled today "
+            "(the count resets at midnight UTC).",
+            reason="max_instances_per_day",
+        )
 
 
-def check_pull_bytes(limits: SampleLimits, received: int) -> None:
+def check_pull_bytes(limits: SampleLimits, received: int, bytes_today: int = 0) -> None:
     if received > limits.max_bytes_per_pull:
         raise LimitExceeded(
             f"The pull passed this project's limit of {_size(limits.max_bytes_per_pull)} per "
             f"pull after {_size(received)}; nothing was delivered. Select fewer studies.",
             reason="max_bytes_per_pull",
+        )
+    daily = limits.max_bytes_per_day
+    if daily is not None and bytes_today + received > daily:
+        raise LimitExceeded(
+            f"This project has pulled {_size(bytes_today)} today; this pull passed the daily "
+            f"limit of {_size(daily)} after {_size(received)}, so nothing was delivered. Try "
+            "again tomorrow (the count resets at midnight UTC) or select less.",
+            reason="max_bytes_per_day",
         )
 
 

@@ -6,7 +6,10 @@ alone holds the archive credentials. Routes (under the service prefix):
 
   GET  api/health               liveness, no details
   GET  api/projects             the caller's projects that may pull, with limits and usage
-  POST api/search               {"project", "criteria": {...}} -> de-identified study list
+  POST api/search               {"project", "criteria": {...}} -> de-identified study list,
+                                next_page (a token for criteria.page), complete, notices
+  POST api/thumbnails           {"project", "study_keys": [...]} -> PNG previews (base64),
+                                rendered from de-identified pixels, or why not
   POST api/pulls                {"project", "study_keys": [...]} -> 202 and the pull record
   GET  api/pulls?project=ID     recent pulls of a project
   GET  api/pulls/ID             one pull: progress, result path or error
@@ -120,6 +123,16 @@ class SearchHandler(_Handler):
         self.send(await self.gateway.search(self.username, project, criteria))
 
 
+class ThumbnailsHandler(_Handler):
+    async def post(self) -> None:
+        body = self.body_json()
+        project = _project_field(body)
+        keys = body.get("study_keys")
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+            raise BadRequest("Give 'study_keys' as a non-empty list of study keys from a search.")
+        self.send(await self.gateway.thumbnails(self.username, project, keys))
+
+
 class PullsHandler(_Handler):
     async def post(self) -> None:
         body = self.body_json()
@@ -164,6 +177,7 @@ def make_app(gateway: Gateway, prefix: str, hub_auth: HubAuth) -> web.Applicatio
             (prefix + "api/health", HealthHandler),
             (prefix + "api/projects", ProjectsHandler, args),
             (prefix + "api/search", SearchHandler, args),
+            (prefix + "api/thumbnails", ThumbnailsHandler, args),
             (prefix + "api/pulls", PullsHandler, args),
             (prefix + r"api/pulls/([A-Za-z0-9_.-]+)", PullHandler, args),
         ]
@@ -179,6 +193,7 @@ def main() -> None:
 
 async def _serve(prefix: str, host: str, port: int) -> None:
     gateway = build_gateway()
+    await asyncio.to_thread(gateway.workers.warm_up)
     recovered = gateway.recover()
     if recovered:
         log.warning("marked %d interrupted pull(s) failed and removed their partial files", len(recovered))

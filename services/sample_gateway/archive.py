@@ -1,8 +1,15 @@
 """Thin async DICOMweb client for the archive (QIDO-RS search, WADO-RS retrieve).
 
-Only the gateway process holds the archive's address and credentials. Every failure becomes
-an :class:`ArchiveUnavailable` or :class:`ArchiveTimeout` whose message tells the researcher
+One of the two integrations behind :class:`.integration.Archive`. Only the gateway process
+holds the archive's address and credentials. Every failure becomes an
+:class:`ArchiveUnavailable` or :class:`ArchiveTimeout` whose message tells the researcher
 what happened and what to do; details go to the gateway log.
+
+Retrieval always asks for ``transfer-syntax=*`` (the objects as stored): the gateway does
+not need decoded pixels to de-identify, and asking Orthanc 1.10 to transcode JPEG 2000 can
+crash it (see ``demo/orthanc.py``). Thumbnails decode locally (pylibjpeg, openjpeg, gdcm).
+A QIDO-RS answer cut short by the archive's own result limit carries a ``Warning: 299``
+header (PS3.18 8.3.4.5); :class:`.integration.StudyPage` reports it as ``more``.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ from typing import Any
 import httpx
 
 from .errors import ArchiveTimeout, ArchiveUnavailable
+from .integration import ArchiveTraits, StudyPage
 from .multipart import MultipartParser, Part, boundary_of
-from .queries import query_string
+from .queries import StudyQuery, qido_params, query_string
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +42,12 @@ class ArchiveSettings:
 
 
 class DicomWebArchive:
-    def __init__(self, settings: ArchiveSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    integration = "dicomweb"
+
+    def __init__(self, settings: ArchiveSettings, transport: httpx.AsyncBaseTransport | None = None,
+                 traits: ArchiveTraits | None = None) -> None:
         self.settings = settings
+        self.traits = traits or ArchiveTraits()
         auth = (settings.username, settings.password) if settings.username else None
         self._client = httpx.AsyncClient(
             base_url=settings.base_url.rstrip("/") + "/",
@@ -45,21 +57,30 @@ class DicomWebArchive:
             transport=transport,
         )
 
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def search_studies(self, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        return await self._qido("studies?" + query_string(params))
+    async def find_studies(self, query: StudyQuery, *, limit: int, offset: int) -> StudyPage:
+        path = "studies?" + query_string(qido_params(query, limit=limit, offset=offset))
+        records, response = await self._qido_response(path)
+        warning = response.headers.get("warning", "") if response is not None else ""
+        more = True if warning.startswith("299") else None
+        return StudyPage(records, more=more)
 
-    async def search_series(self, study_uid: str) -> list[dict[str, Any]]:
+    async def find_series(self, study_uid: str) -> list[dict[str, Any]]:
         fields = "&".join(
             f"includefield={f}"
             for f in ("Modality", "SeriesDescription", "NumberOfSeriesRelatedInstances", "SeriesNumber")
         )
         return await self._qido(f"studies/{_uid(study_uid)}/series?{fields}")
 
-    async def search_instances(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
-        return await self._qido(f"studies/{_uid(study_uid)}/series/{_uid(series_uid)}/instances")
+    async def find_instances(self, study_uid: str, series_uid: str) -> list[dict[str, Any]]:
+        fields = "&".join(f"includefield={f}" for f in ("SOPClassUID", "InstanceNumber"))
+        return await self._qido(f"studies/{_uid(study_uid)}/series/{_uid(series_uid)}/instances?{fields}")
 
     async def retrieve_series(self, study_uid: str, series_uid: str) -> AsyncIterator[Part]:
         """Yield each instance of a series (as multipart parts) while the answer streams in."""
@@ -79,11 +100,14 @@ class DicomWebArchive:
 
     # -- plumbing ---------------------------------------------------------------------------
     async def _qido(self, path: str) -> list[dict[str, Any]]:
+        return (await self._qido_response(path))[0]
+
+    async def _qido_response(self, path: str) -> tuple[list[dict[str, Any]], httpx.Response | None]:
         async with self._errors(path):
             response = await self._client.get(path, headers={"Accept": "application/dicom+json"})
             self._check(response, path)
             if response.status_code == 204 or not response.content:
-                return []
+                return [], response
             try:
                 body = response.json()
             except ValueError:
@@ -96,7 +120,7 @@ class DicomWebArchive:
                     f"{self.settings.name} answered a search with an unexpected document.",
                     log_message=f"QIDO {path}: {type(body).__name__}",
                 )
-            return body
+            return body, response
 
     async def _retrieve(self, path: str) -> AsyncIterator[Part]:
         async with self._errors(path):

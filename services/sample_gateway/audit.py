@@ -6,21 +6,44 @@ the criteria, counts and pseudonymous study keys: never a patient name, ID or or
 
 ``python -m services.sample_gateway.audit verify FILE`` checks the chain and names the first
 record that does not fit.
+
+A torn last line, and only that, is repaired. Appends are one ``write`` of a whole line
+followed by ``fsync``; a line without its line end at the very end of the file is what a
+crash, a full disk or a power cut in the middle of that write leaves, and nothing else
+does. Refusing every later append would stop every search and pull of every project until
+an admin edits the file by hand, which is the same repair done with less care. So the next
+append cuts the file back to its last complete line and first writes an ``audit_repair``
+record that carries the removed bytes (their length and SHA-256, the bytes themselves
+base64-encoded, and a copy in ``<audit file>.torn-<time>``): nothing is lost, the chain
+stays verifiable, and the repair is itself in the chain and in the gateway log. A torn line
+that is a complete, correctly chained record missing only its line end is kept and ended.
+
+Anything else that is wrong (a complete last line that is not a record, a chain that does
+not fit) cannot come from an interrupted write: appends then fail closed with
+:class:`.errors.AuditUnavailable` (HTTP 503) and the gateway does nothing that would need an
+audit record until an admin has looked (``verify`` names the line).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import AuditUnavailable
+
 GENESIS = "0" * 64
+MAX_EMBEDDED_TORN_BYTES = 65536  # larger torn tails are kept in the side file only
+
+log = logging.getLogger("sample_gateway.audit")
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -45,21 +68,25 @@ class AuditLog:
         with os.fdopen(fd, "r+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                last = _last_record(handle)
-                record = {
-                    "seq": (last["seq"] + 1) if last else 1,
-                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                    **event,
-                    "prev": last["hash"] if last else GENESIS,
-                }
-                record["hash"] = record_hash(record)
-                line = json.dumps(record, sort_keys=True, ensure_ascii=True) + "\n"
-                handle.write(line.encode("ascii"))
-                handle.flush()
-                os.fsync(handle.fileno())
+                last = self._last_record_repairing(handle)
+                record = _write(handle, last, event)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return record
+
+    def check(self) -> None:
+        """Raise :class:`AuditUnavailable` now if appends would fail closed (a torn last line
+        is fine: the next append repairs it)."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            try:
+                tail = _tail(handle)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        if tail.torn is None or _completes(tail):
+            self._parse_last(tail)
 
     def records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -67,22 +94,126 @@ class AuditLog:
         with open(self.path, encoding="ascii") as handle:
             return [json.loads(line) for line in handle if line.strip()]
 
+    # -- the tail ---------------------------------------------------------------------------
+    def _last_record_repairing(self, handle: BinaryIO) -> dict[str, Any] | None:
+        tail = _tail(handle)
+        if tail.torn is None:
+            return self._parse_last(tail)
+        if _completes(tail):  # a whole record that only lacks its line end
+            handle.write(b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            log.warning("audit file %s: the last record had no line end; added", self.path)
+            return json.loads(tail.torn)
+        last = self._parse_last(tail)
+        torn = tail.torn
+        side = self.path.with_name(
+            f"{self.path.name}.torn-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}"
+        )
+        side_fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(side_fd, "wb") as copy:
+            copy.write(torn)
+            copy.flush()
+            os.fsync(copy.fileno())
+        os.ftruncate(handle.fileno(), tail.complete_end)
+        os.fsync(handle.fileno())
+        note: dict[str, Any] = {
+            "actor": "sample-gateway",
+            "action": "audit_repair",
+            "outcome": "repaired",
+            "reason": "torn_last_line",
+            "detail": "The last line had no line end: an append was interrupted (crash, full "
+                      "disk or power cut). It was cut off and is kept here and in the side file.",
+            "torn_bytes": len(torn),
+            "torn_sha256": hashlib.sha256(torn).hexdigest(),
+            "torn_file": side.name,
+        }
+        if len(torn) <= MAX_EMBEDDED_TORN_BYTES:
+            note["torn_base64"] = base64.b64encode(torn).decode("ascii")
+        repair = _write(handle, last, note)
+        log.error("audit file %s: cut off a torn last line of %d bytes (kept in %s); audit "
+                  "record #%s says so", self.path, len(torn), side.name, repair["seq"])
+        return repair
 
-def _last_record(handle: BinaryIO) -> dict[str, Any] | None:
-    """The last line's record, read backwards in blocks (the file only grows)."""
+    def _parse_last(self, tail: _Tail) -> dict[str, Any] | None:
+        if tail.last is None:
+            return None
+        try:
+            record = json.loads(tail.last)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("seq"), int) or not isinstance(
+            record.get("hash"), str
+        ):
+            raise AuditUnavailable(
+                log_message=f"audit file {self.path}: the last complete line is not an audit "
+                "record; appends refused until an admin has checked the file "
+                f"(python -m services.sample_gateway.audit verify {self.path})",
+            )
+        return record
+
+
+@dataclass(frozen=True)
+class _Tail:
+    last: bytes | None  # the last complete line (without its line end), None if there is none
+    complete_end: int  # file offset just after the last line end
+    torn: bytes | None  # bytes after the last line end, None if the file ends with one
+
+
+def _tail(handle: BinaryIO) -> _Tail:
+    """The end of the file, read backwards in blocks (the file only grows)."""
     size = handle.seek(0, os.SEEK_END)
-    block = 4096
     data = b""
     position = size
-    while position > 0:
-        step = min(block, position)
+    while True:
+        ends = data.endswith(b"\n")
+        cut = data.rfind(b"\n")
+        if ends or cut >= 0 or position == 0:
+            if ends or not data:
+                complete, torn = data, None
+            elif cut >= 0:
+                complete, torn = data[: cut + 1], data[cut + 1 :]
+            else:
+                complete, torn = b"", data
+            lines = complete.rstrip(b"\n")
+            start = lines.rfind(b"\n")
+            if start >= 0 or position == 0:
+                return _Tail(lines[start + 1 :] or None, position + len(complete), torn)
+        step = min(4096, position)
         position -= step
         handle.seek(position)
         data = handle.read(step) + data
-        lines = data.rstrip(b"\n").split(b"\n")
-        if len(lines) > 1 or position == 0:
-            return json.loads(lines[-1])
-    return None
+
+
+def _completes(tail: _Tail) -> bool:
+    """Whether the torn bytes are a whole record that follows the last one."""
+    if tail.torn is None:
+        return False
+    try:
+        record = json.loads(tail.torn)
+        previous = json.loads(tail.last) if tail.last else None
+    except ValueError:
+        return False
+    if not isinstance(record, dict) or record.get("hash") != record_hash(record):
+        return False
+    expected_prev = previous.get("hash") if isinstance(previous, dict) else GENESIS
+    expected_seq = (previous.get("seq", 0) + 1) if isinstance(previous, dict) else 1
+    return record.get("prev") == expected_prev and record.get("seq") == expected_seq
+
+
+def _write(handle: BinaryIO, last: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
+    record = {
+        "seq": (last["seq"] + 1) if last else 1,
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        **event,
+        "prev": last["hash"] if last else GENESIS,
+    }
+    record["hash"] = record_hash(record)
+    line = json.dumps(record, sort_keys=True, ensure_ascii=True) + "\n"
+    handle.write(line.encode("ascii"))
+    handle.flush()
+    os.fsync(handle.fileno())
+    return record
 
 
 @dataclass(frozen=True)
@@ -110,6 +241,12 @@ def verify(path: Path) -> Verification:
             except json.JSONDecodeError:
                 record = None
             if not isinstance(record, dict):
+                if not line.endswith("\n"):
+                    return Verification(
+                        False, count, line_number,
+                        "the last line is incomplete (an append was interrupted); the gateway's "
+                        "next append cuts it off and records that in an audit_repair record",
+                    )
                 return Verification(False, count, line_number, "not a JSON record")
             expected_seq = count + 1
             if record.get("seq") != expected_seq:

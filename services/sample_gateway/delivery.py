@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ MANIFEST_FIELDS = (
     "series_uid", "series_description", "series_number", "modality", "sop_uid",
     "sop_class_uid", "instance_number", "transfer_syntax", "rows", "columns", "frames",
 )
+
+
+_UID = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64}){0,63}")
 
 
 @dataclass(frozen=True)
@@ -60,14 +64,58 @@ class PullWriter:
 
     def write(self, ds: Dataset) -> ManifestRow:
         """Write one de-identified instance under <study key>/<series UID>/<SOP UID>.dcm."""
-        relative = Path(str(ds.StudyInstanceUID)) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
-        target = self.partial / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        dcmwrite(buffer, ds, enforce_file_format=True)
-        data = buffer.getvalue()
-        target.write_bytes(data)
-        row = ManifestRow(
+        return self.add(write_instance(self.partial, ds))
+
+    def add(self, row: ManifestRow) -> ManifestRow:
+        """Record an instance that :func:`write_instance` wrote into :attr:`partial`."""
+        self.rows.append(row)
+        return row
+
+    def commit(self, header: dict[str, Any]) -> Path:
+        """Write manifest.json and manifest.csv, then move the pull into place."""
+        rows = sorted(self.rows, key=lambda r: (r.study_key, r.series_uid, _number(r.instance_number), r.sop_uid))
+        manifest = {**header, "instances": [asdict(r) for r in rows]}
+        (self.partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        with open(self.partial / "manifest.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in rows)
+        # The instances were synced as they were written (write_instance): only the
+        # manifests and the folders are left before the rename makes the pull visible.
+        for name in ("manifest.json", "manifest.csv"):
+            _fsync(self.partial / name)
+        for folder in sorted({p for p in self.partial.rglob("*") if p.is_dir()}, reverse=True):
+            _fsync(folder)
+        _fsync(self.partial)
+        os.rename(self.partial, self.final)
+        _fsync(self.final.parent)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def write_instance(partial: Path, ds: Dataset) -> ManifestRow:
+    """Write one de-identified instance under ``partial``/<study key>/<series UID>/<SOP UID>.dcm,
+    synced to disk, and return its manifest row (runs in worker threads and processes)."""
+    parts = [str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)]
+    if not all(_UID.fullmatch(part) for part in parts):  # they become file names
+        raise ValueError("a de-identified object without valid UIDs")
+    relative = Path(parts[0]) / parts[1] / f"{parts[2]}.dcm"
+    target = partial / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    data = buffer.getvalue()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return ManifestRow(
             file=str(relative),
             sha256=hashlib.sha256(data).hexdigest(),
             bytes=len(data),
@@ -85,26 +133,8 @@ class PullWriter:
             transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
             rows=int(ds.get("Rows", 0) or 0),
             columns=int(ds.get("Columns", 0) or 0),
-            frames=int(ds.get("NumberOfFrames", 1) or 1),
-        )
-        self.rows.append(row)
-        return row
-
-    def commit(self, header: dict[str, Any]) -> Path:
-        """Write manifest.json and manifest.csv, then move the pull into place."""
-        rows = sorted(self.rows, key=lambda r: (r.study_key, r.series_uid, _number(r.instance_number), r.sop_uid))
-        manifest = {**header, "instances": [asdict(r) for r in rows]}
-        (self.partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        with open(self.partial / "manifest.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in rows)
-        _fsync_tree(self.partial)
-        os.rename(self.partial, self.final)
-        return self.final
-
-    def abort(self) -> None:
-        shutil.rmtree(self.partial, ignore_errors=True)
+        frames=int(ds.get("NumberOfFrames", 1) or 1),
+    )
 
 
 def remove_partials(samples_dir: Path) -> list[Path]:
@@ -124,8 +154,9 @@ def _number(text: str) -> int:
         return 0
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

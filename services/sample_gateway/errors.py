@@ -59,3 +59,18 @@ class ArchiveTimeout(GatewayError):
 class NotFound(GatewayError):
     status = 404
     reason = "not_found"
+
+
+class AuditUnavailable(GatewayError):
+    """The audit trail cannot take a record: the gateway does nothing it could not audit."""
+
+    status = 503
+    reason = "audit_unavailable"
+
+    def __init__(self, message: str | None = None, *, log_message: str | None = None) -> None:
+        super().__init__(
+            message or "The sample gateway cannot write its audit trail right now, so it "
+            "searches and pulls nothing until that is fixed. The workbench admins have been "
+            "told in the gateway log.",
+            log_message=log_message,
+        )

@@ -1,62 +1,87 @@
 """The gateway's work: search, pull, de-identify, deliver, audit. Orchestration only.
 
-The rules live elsewhere: who may do what in :mod:`.access`, query building in
-:mod:`.queries`, de-identification in :mod:`.deidentify`, writing in :mod:`.delivery`,
-the trail in :mod:`.audit`. This module calls them in order and keeps the pull records'
-status consistent, also across a gateway restart.
+The rules live elsewhere: who may do what in :mod:`.access`, the archive queries in
+:mod:`.queries` and their paging in :mod:`.search`, the archive itself behind
+:class:`.integration.Archive` (DICOMweb or DIMSE, per configuration), one object's
+de-identification and writing in :mod:`.pipeline`, writing a pull in :mod:`.delivery`,
+previews in :mod:`.previews`, the trail in :mod:`.audit`. This module calls them in order
+and keeps the pull records' status consistent, also across a gateway restart.
+
+A pull is all or nothing, and audited before it is visible: the files go to a hidden
+folder while the archive sends, the audit record is written, and only then is the folder
+renamed into place. If the audit record cannot be written, nothing is delivered. Progress
+of a running pull is kept in memory (the record in the database is written when it starts
+and when it ends; a pull still "running" after a restart was interrupted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import io
 import logging
+import os
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from hub_config.loader import cached_config
-from hub_config.model import Project, WorkbenchConfig
+from hub_config.model import ArchiveConnection, Project, WorkbenchConfig
 from hub_config.storage import StorageLayout, default_data_dir
 
 from . import access
-from .archive import ArchiveSettings, DicomWebArchive
 from .audit import AuditLog
+from .deidentify import DeidPolicy
 from .delivery import PullWriter, remove_partials
-from .deidentify import BurnedInAnnotationRefused, DeidPolicy, deidentify
-from .errors import BadRequest, GatewayError, NotAllowed, NotFound
-from .instances import dataset_from_part
+from .errors import ArchiveTimeout, ArchiveUnavailable, BadRequest, GatewayError, NotAllowed, NotFound
+from .integration import Archive, build_archive
+from .pipeline import Delivered, Workers, process
+from .previews import Previews
 from .pseudonyms import ProjectKeys, load_or_create_key
-from .queries import StudyCriteria, matches_description, qido_study_params
-from .state import GatewayState, Pull, StudyKey, now
+from .queries import StudyCriteria, matches_description, search_plan
+from .search import Cursor, run_search
+from .state import GatewayState, Pull, StudyKey, Usage, now
 from .summaries import summarize_study
 
 log = logging.getLogger("sample_gateway")
 
-MAX_SEARCH_PAGES = 20
+WORKERS_ENV = "WORKBENCH_GATEWAY_WORKERS"
+
+
+@dataclass
+class _Progress:
+    received: int = 0
+    done: int = 0
+    refused: int = 0
+    bytes: int = 0
 
 
 @dataclass
 class Gateway:
     config: Callable[[], WorkbenchConfig]
     storage: StorageLayout
-    archive: DicomWebArchive
+    archive: Archive
     state: GatewayState
     audit: AuditLog
     keys_dir: Path
     today: Callable[[], dt.date] = dt.date.today
+    workers: Workers = field(default_factory=Workers)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _progress: dict[str, _Progress] = field(default_factory=dict)
+    _previews: Previews | None = None
 
     # -- projects ---------------------------------------------------------------------------
     def keys_for(self, project_id: str) -> ProjectKeys:
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return ProjectKeys(load_or_create_key(self.keys_dir / f"{project_id}.key"), project_id)
+
+    def policy_for(self, project: Project) -> DeidPolicy:
+        return DeidPolicy(allow_burned_in_annotation=project.archive.allow_burned_in_annotation)
 
     def projects_for(self, username: str) -> list[dict[str, Any]]:
         config, today = self.config(), self.today()
@@ -68,6 +93,7 @@ class Gateway:
                 access.project_for_pull(config, username, project.id, today)
             except NotAllowed as refusal:
                 usable, why_not = False, refusal.message
+            usage = self.state.usage_since(project.id, _midnight_utc())
             out.append(
                 {
                     "id": project.id,
@@ -76,7 +102,10 @@ class Gateway:
                     "why_not": why_not,
                     "modalities": project.archive.modalities,
                     "limits": limits.model_dump(),
-                    "studies_pulled_today": self.state.studies_pulled_since(project.id, _midnight_utc()),
+                    "studies_pulled_today": usage.studies,
+                    "instances_pulled_today": usage.instances,
+                    "bytes_pulled_today": usage.bytes,
+                    "integration": self.archive.integration,
                 }
             )
         return out
@@ -86,39 +115,38 @@ class Gateway:
         project = access.project_for_pull(self.config(), username, project_id, self.today())
         access.check_modality(project, criteria.modality)
         keys = self.keys_for(project.id)
-        studies: list[dict[str, Any]] = []
-        remembered: list[StudyKey] = []
-        offset, seen = criteria.offset, set()
-        next_offset: int | None = None
+        self.audit.check()
+        connection = self._connection()
+        plan = search_plan(criteria, case_insensitive=connection.text_matching == "case-insensitive")
+        cursor = Cursor.decode(criteria.page) if criteria.page else Cursor(offset=criteria.offset)
+
+        def accept(item: dict[str, Any]) -> tuple[dict[str, Any], StudyKey] | None:
+            return self._summary_if_allowed(project, keys, criteria, item)
+
         try:
-            for _ in range(MAX_SEARCH_PAGES):
-                page = await self.archive.search_studies(
-                    qido_study_params(criteria, limit=criteria.limit, offset=offset)
-                )
-                uids = [_study_uid(item) for item in page]
-                if not page or all(uid in seen for uid in uids):
-                    next_offset = None  # the end, or an archive that ignores offset
-                    break
-                seen.update(uids)
-                for item in page:
-                    summary = self._summary_if_allowed(project, keys, criteria, item)
-                    if summary is None:
-                        continue
-                    study, row = summary
-                    studies.append(study)
-                    remembered.append(row)
-                offset += len(page)
-                next_offset = offset if len(page) >= criteria.limit else None
-                if len(studies) >= criteria.limit or next_offset is None:
-                    break
+            outcome = await run_search(
+                self.archive, plan, accept, limit=criteria.limit, page_size=connection.page_size,
+                max_results=connection.max_results, cursor=cursor,
+            )
         except GatewayError as error:
             self._audit(username, project.id, "search", criteria=criteria.audit_view(),
                         outcome="failed", reason=error.reason)
             raise
-        self.state.remember_studies(project.id, remembered)
+        studies = [study for study, _ in outcome.accepted]
+        self.state.remember_studies(project.id, [row for _, row in outcome.accepted])
         self._audit(username, project.id, "search", criteria=criteria.audit_view(),
-                    results=len(studies), outcome="ok")
-        return {"project": project.id, "studies": studies, "next_offset": next_offset}
+                    results=len(studies), complete=outcome.complete,
+                    archive_requests=outcome.requests, outcome="ok")
+        return {
+            "project": project.id,
+            "studies": studies,
+            "next_page": outcome.next_page,
+            "complete": outcome.complete,
+            "notices": outcome.notices,
+        }
+
+    def _connection(self) -> ArchiveConnection:
+        return self.config().archive or ArchiveConnection(dicomweb_url="http://unused.invalid")
 
     def _summary_if_allowed(
         self, project: Project, keys: ProjectKeys, criteria: StudyCriteria, item: dict[str, Any]
@@ -130,6 +158,8 @@ class Gateway:
         allowed = access.allowed_modalities(project, study["modalities"])
         if study["modalities"] and not allowed:
             return None
+        if criteria.modality and study["modalities"] and criteria.modality not in study["modalities"]:
+            return None  # an archive that ignored the modality key
         if not matches_description(criteria, identity.study_description):
             return None
         row = StudyKey(
@@ -138,11 +168,36 @@ class Gateway:
         )
         return study, row
 
+    # -- previews ---------------------------------------------------------------------------
+    async def thumbnails(self, username: str, project_id: str, study_keys: list[str]) -> dict[str, Any]:
+        project = access.project_for_pull(self.config(), username, project_id, self.today())
+        if not study_keys or len(study_keys) > Previews.MAX_PER_REQUEST:
+            raise BadRequest(f"Ask for 1 to {Previews.MAX_PER_REQUEST} thumbnails at a time.")
+        self.audit.check()
+        if self._previews is None:
+            self._previews = Previews(self.archive)
+        rows = {key: self.state.lookup_study(project.id, key) for key in dict.fromkeys(study_keys)}
+        unknown = [key for key, row in rows.items() if row is None]
+        if unknown:
+            raise NotFound(
+                f"{len(unknown)} study key(s) are not from a search of project {project.id}; "
+                "search again.", reason="unknown_study_key",
+            )
+        results = await self._previews.render(
+            project, self.keys_for(project.id), self.policy_for(project),
+            {key: row.study_uid for key, row in rows.items() if row is not None},
+        )
+        shown = sum(1 for r in results.values() if r.get("png"))
+        self._audit(username, project.id, "thumbnails", study_keys=list(rows), shown=shown,
+                    refused=len(results) - shown, outcome="ok")
+        return {"project": project.id, "thumbnails": results}
+
     # -- pulls ------------------------------------------------------------------------------
     async def start_pull(self, username: str, project_id: str, study_keys: list[str]) -> dict[str, Any]:
         project = access.project_for_pull(self.config(), username, project_id, self.today())
         if len(set(study_keys)) != len(study_keys):
             raise BadRequest("The same study is selected twice.")
+        self.audit.check()
         studies = []
         for key in study_keys:
             row = self.state.lookup_study(project.id, key)
@@ -153,13 +208,14 @@ class Gateway:
                     reason="unknown_study_key",
                 )
             studies.append((key, row))
+        usage = self.state.usage_since(project.id, _midnight_utc())
         access.check_pull_size(
             project.archive.limits, studies=len(studies), instances=0,
-            studies_today=self.state.studies_pulled_since(project.id, _midnight_utc()),
+            studies_today=usage.studies, instances_today=usage.instances,
         )
         plan = []
         for key, row in studies:
-            for series in await self.archive.search_series(row.study_uid):
+            for series in await self.archive.find_series(row.study_uid):
                 modality = _first(series, "00080060")
                 if modality and not access.allowed_modalities(project, [modality]):
                     continue
@@ -168,43 +224,63 @@ class Gateway:
         total = sum(count for *_, count in plan)
         access.check_pull_size(
             project.archive.limits, studies=len(studies), instances=total,
-            studies_today=self.state.studies_pulled_since(project.id, _midnight_utc()),
+            studies_today=usage.studies, instances_today=usage.instances,
         )
         pull = Pull(
             id=_pull_id(username), project=project.id, username=username, status="running",
             created=now(), studies=len(studies), instances_total=total,
         )
         self.state.add_pull(pull)
-        task = asyncio.create_task(self._run_pull(pull, project, plan, [k for k, _ in studies]))
+        self._progress[pull.id] = _Progress()
+        task = asyncio.create_task(self._run_pull(pull, project, plan, [k for k, _ in studies], usage))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return pull.to_json()
 
     async def _run_pull(
-        self, pull: Pull, project: Project, plan: list[tuple[str, str, str, int]], study_keys: list[str]
+        self, pull: Pull, project: Project, plan: list[tuple[str, str, str, int]],
+        study_keys: list[str], usage: Usage,
     ) -> None:
         keys = self.keys_for(project.id)
-        policy = DeidPolicy(allow_burned_in_annotation=project.archive.allow_burned_in_annotation)
+        policy = self.policy_for(project)
+        limits = project.archive.limits
+        progress = self._progress.setdefault(pull.id, _Progress())
         writer = PullWriter(self.storage.samples_dir(project.id), pull.id)
-        received = done = refused = 0
-        refusals: dict[str, int] = {}
+        refusals: Counter[str] = Counter()
+        warnings: Counter[str] = Counter()
+        pending: set[asyncio.Future[Any]] = set()
+        window = 2 * self.workers.parallel
+
+        def collect(future: asyncio.Future[Any]) -> None:
+            outcome = future.result()
+            if isinstance(outcome, Delivered):
+                writer.add(outcome.row)
+                progress.done += 1
+                warnings.update(outcome.warnings)
+            else:
+                progress.refused += 1
+                refusals[outcome.message] += 1
+
         try:
             for _study_key, study_uid, series_uid, _count in plan:
-                async for part in self.archive.retrieve_series(study_uid, series_uid):
-                    received += len(part.body)
-                    access.check_pull_bytes(project.archive.limits, received)
-                    try:
-                        outcome = await asyncio.to_thread(_deidentify_part, part, keys, policy)
-                    except BurnedInAnnotationRefused as refusal:
-                        refused += 1
-                        refusals[refusal.message] = refusals.get(refusal.message, 0) + 1
-                        continue
-                    await asyncio.to_thread(writer.write, outcome)
-                    done += 1
-                    if done % 5 == 0:
-                        self.state.update_pull(pull.id, instances_done=done, bytes_received=received,
-                                               instances_refused=refused)
-            if done == 0:
+                async with contextlib.aclosing(self.archive.retrieve_series(study_uid, series_uid)) as parts:
+                    async for part in parts:
+                        progress.received += 1
+                        progress.bytes += len(part.body)
+                        access.check_pull_bytes(limits, progress.bytes, usage.bytes)
+                        pending.add(asyncio.ensure_future(self.workers.run(
+                            process, part.body, part.content_type, study_uid, keys, policy,
+                            writer.partial,
+                        )))
+                        if len(pending) >= window:
+                            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                            for future in finished:
+                                collect(future)
+            while pending:
+                finished, pending = await asyncio.wait(pending)
+                for future in finished:
+                    collect(future)
+            if progress.done == 0:
                 raise GatewayError(
                     "Nothing could be delivered: " + ("; ".join(refusals) or "the studies hold no images."),
                     reason="nothing_delivered", status=422,
@@ -215,27 +291,50 @@ class Gateway:
                 "user": pull.username,
                 "created": pull.created.isoformat(timespec="seconds"),
                 "archive": self.config().archive.name if self.config().archive else "",
+                "integration": self.archive.integration,
                 "deidentification": policy.method_description(),
                 "study_keys": study_keys,
-                "refused": refusals,
+                "refused": dict(refusals),
+                "warnings": dict(warnings),
             }
-            path = await asyncio.to_thread(writer.commit, header)
-        except Exception as error:  # noqa: BLE001 - every failure must clean up and be recorded
+            # Audited before it is visible: no record, no delivery.
+            self._audit(pull.username, project.id, "pull", pull=pull.id, study_keys=study_keys,
+                        instances=progress.done, refused=progress.refused, bytes=progress.bytes,
+                        warnings=sum(warnings.values()), outcome="ok")
+            try:
+                path = await asyncio.to_thread(writer.commit, header)
+            except Exception:
+                self._audit(pull.username, project.id, "pull", pull=pull.id, instances=0,
+                            outcome="failed", reason="commit_failed")
+                raise
+        except BaseException as error:  # every failure must clean up and be recorded
+            await _settle(pending)
             writer.abort()
+            if isinstance(error, asyncio.CancelledError):
+                self._progress.pop(pull.id, None)
+                raise
             message, reason = _public(error)
+            if isinstance(error, (ArchiveTimeout, ArchiveUnavailable)) and progress.received:
+                message += (f" {progress.received} of {pull.instances_total} images had arrived "
+                            "before that; nothing was delivered.")
             if not isinstance(error, GatewayError):
                 log.exception("pull %s failed", pull.id)
+            else:
+                log.warning("pull %s failed: %s", pull.id, error.log_message)
             self.state.update_pull(pull.id, status="failed", finished=now(), error=message,
-                                   error_reason=reason, instances_done=0, bytes_received=received,
-                                   instances_refused=refused)
-            self._audit(pull.username, project.id, "pull", pull=pull.id, study_keys=study_keys,
-                        instances=0, refused=refused, outcome="failed", reason=reason)
+                                   error_reason=reason, instances_done=0, bytes_received=progress.bytes,
+                                   instances_refused=progress.refused)
+            self._progress.pop(pull.id, None)
+            if reason != "audit_unavailable":
+                with contextlib.suppress(GatewayError):
+                    self._audit(pull.username, project.id, "pull", pull=pull.id, study_keys=study_keys,
+                                instances=0, refused=progress.refused, outcome="failed", reason=reason)
             return
         relative = path.relative_to(self.storage.project_dir(project.id))
-        self.state.update_pull(pull.id, status="done", finished=now(), instances_done=done,
-                               bytes_received=received, instances_refused=refused, path=str(relative))
-        self._audit(pull.username, project.id, "pull", pull=pull.id, study_keys=study_keys,
-                    instances=done, refused=refused, bytes=received, outcome="ok")
+        self.state.update_pull(pull.id, status="done", finished=now(), instances_done=progress.done,
+                               bytes_received=progress.bytes, instances_refused=progress.refused,
+                               path=str(relative))
+        self._progress.pop(pull.id, None)
 
     def pull_status(self, username: str, pull_id: str) -> dict[str, Any]:
         pull = self.state.get_pull(pull_id)
@@ -243,13 +342,20 @@ class Gateway:
         project = config.project(pull.project) if pull else None
         if pull is None or project is None or username not in project.members:
             raise NotFound(f"There is no pull {pull_id} in your projects.")
-        return pull.to_json()
+        return self._with_progress(pull.to_json())
 
     def list_pulls(self, username: str, project_id: str) -> list[dict[str, Any]]:
         project = self.config().project(project_id)
         if project is None or username not in project.members:
             raise NotAllowed(f"You are not a member of a project called {project_id!r}.")
-        return [p.to_json() for p in self.state.pulls_of(project_id)]
+        return [self._with_progress(p.to_json()) for p in self.state.pulls_of(project_id)]
+
+    def _with_progress(self, record: dict[str, Any]) -> dict[str, Any]:
+        progress = self._progress.get(str(record["id"]))
+        if record["status"] == "running" and progress is not None:
+            record.update(instances_done=progress.done, instances_refused=progress.refused,
+                          instances_received=progress.received, bytes=progress.bytes)
+        return record
 
     async def wait_idle(self) -> None:
         """Wait for running pulls (tests and shutdown)."""
@@ -277,6 +383,8 @@ class Gateway:
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self.workers.shutdown()
         await self.archive.aclose()
 
     def _audit(self, actor: str, project: str, action: str, **details: Any) -> None:
@@ -285,15 +393,16 @@ class Gateway:
                  actor, project, details.get("outcome"))
 
 
-def _deidentify_part(part: Any, keys: ProjectKeys, policy: DeidPolicy) -> Dataset:
-    dataset = dataset_from_part(part)
-    return deidentify(dataset, keys, policy).dataset
+async def _settle(pending: set[asyncio.Future[Any]]) -> None:
+    """Let objects already handed to a worker finish, so none writes after the clean-up."""
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _public(error: BaseException) -> tuple[str, str]:
     if isinstance(error, GatewayError):
         return error.message, error.reason
-    if isinstance(error, (InvalidDicomError, ValueError)):
+    if isinstance(error, (InvalidDicomError, ValueError, KeyError, AttributeError)):
         return ("The archive sent an object that is not valid DICOM; nothing was delivered. "
                 "The admins can see which in the gateway log.", "invalid_dicom")
     return ("The pull failed unexpectedly; nothing was delivered. The admins can see the "
@@ -312,10 +421,6 @@ def _int(text: str) -> int:
         return 0
 
 
-def _study_uid(item: dict[str, Any]) -> str:
-    return _first(item, "0020000D")
-
-
 def _midnight_utc() -> dt.datetime:
     today = dt.datetime.now(dt.timezone.utc)
     return today.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -327,21 +432,20 @@ def _pull_id(username: str) -> str:
 
 
 def build_gateway(config_path: str | None = None, data_dir: Path | None = None) -> Gateway:
-    """The gateway as the hub runs it: configuration, storage and archive from the environment."""
+    """The gateway as the hub runs it: configuration, storage and archive from the environment.
+
+    ``$WORKBENCH_GATEWAY_WORKERS``: processes that de-identify in parallel (0: one thread
+    in the gateway process; the default is one process per core beyond the first, at most 4).
+    """
     config = cached_config(config_path)
-    if config.archive is None or not config.archive.dicomweb_url:
-        raise SystemExit("the workbench configuration has no archive with a dicomweb_url")
+    if config.archive is None:
+        raise SystemExit("the workbench configuration has no archive section")
     storage = StorageLayout((data_dir or default_data_dir()).resolve())
     username = password = None
-    if config.archive.credentials_file:
+    if config.archive.credentials_file and config.archive.used_integration == "dicomweb":
         text = storage.resolve(config.archive.credentials_file).read_text().strip()
         username, _, password = text.partition(":")
-    archive = DicomWebArchive(
-        ArchiveSettings(
-            base_url=config.archive.dicomweb_url, username=username, password=password,
-            timeout_seconds=config.archive.timeout_seconds, name=config.archive.name,
-        )
-    )
+    archive = build_archive(config.archive, username, password)
     private = storage.gateway_dir()
     private.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Gateway(
@@ -351,7 +455,18 @@ def build_gateway(config_path: str | None = None, data_dir: Path | None = None) 
         state=GatewayState.at(private),
         audit=AuditLog(private / "audit.jsonl"),
         keys_dir=private / "keys",
+        workers=Workers(default_workers()),
     )
+
+
+def default_workers() -> int:
+    text = os.environ.get(WORKERS_ENV, "").strip()
+    if text:
+        try:
+            return max(0, int(text))
+        except ValueError:
+            raise SystemExit(f"{WORKERS_ENV} must be a whole number, not {text!r}") from None
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
 __all__ = ["Gateway", "build_gateway"]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from sqlalchemy import DateTime, Integer, String, Text, create_engine, func, select
+from dataclasses import dataclass
+
+from sqlalchemy import DateTime, Integer, String, Text, case, create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -79,6 +81,13 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+@dataclass(frozen=True)
+class Usage:
+    studies: int = 0
+    instances: int = 0
+    bytes: int = 0
+
+
 class GatewayState:
     def __init__(self, url: str) -> None:
         self.engine: Engine = create_engine(url, future=True)
@@ -110,6 +119,22 @@ class GatewayState:
                 )
             )
             return int(total or 0)
+
+    def usage_since(self, project: str, since: dt.datetime) -> Usage:
+        """Studies, images and bytes of the project's pulls since ``since`` that did not fail
+        (a running pull counts with the images it plans to deliver)."""
+        instances = case(
+            (Pull.status == "running", Pull.instances_total), else_=Pull.instances_done
+        )
+        with self.session() as session:
+            row = session.execute(
+                select(
+                    func.coalesce(func.sum(Pull.studies), 0),
+                    func.coalesce(func.sum(instances), 0),
+                    func.coalesce(func.sum(Pull.bytes_received), 0),
+                ).where(Pull.project == project, Pull.created >= since, Pull.status != "failed")
+            ).one()
+        return Usage(int(row[0]), int(row[1]), int(row[2]))
 
     def add_pull(self, pull: Pull) -> None:
         with self.session() as session, session.begin():
