@@ -264,6 +264,11 @@ class Agent:
             self._event(record, name, "Killed", "Task successfully killed")
             self._set_client_status(record, "complete", "All tasks have completed")
             return
+        if exit_code == 0 and record.data["Job"].get("Type") == "batch":
+            # Batch work that exits cleanly is done; service tasks are meant to run forever,
+            # so under a restart policy of 0 attempts any exit of theirs fails the task.
+            self._set_client_status(record, "complete", "All tasks have completed")
+            return
         state["Failed"] = True
         self._event(
             record,
