@@ -174,7 +174,19 @@ if os.environ.get("WORKBENCH_QUOTA", "1") != "0":
         if role["name"] in {"user", "server"}:
             # Everyone reads their own projects' budgets and notices (JupyterLab shows them).
             role["scopes"].append("access:services!service=quota")
-    c.Spawner.environment.update({"WORKBENCH_QUOTA_URL": f"{public_url}/services/quota/"})
+    # JupyterLab shows the notices (extensions/quota_notices): an editable checkout's copy of
+    # its labextension and server-extension switch are found through JUPYTER_PATH and
+    # JUPYTER_CONFIG_PATH, an installed one in <prefix>/share and <prefix>/etc.
+    from extensions.quota_notices import jupyter_config_dir, jupyter_data_dir
+
+    def _prepend(name: str, path: Path) -> str:
+        return os.pathsep.join(filter(None, [str(path), os.environ.get(name, "")]))
+
+    c.Spawner.environment.update({
+        "WORKBENCH_QUOTA_URL": f"{public_url}/services/quota/",
+        "JUPYTER_PATH": _prepend("JUPYTER_PATH", jupyter_data_dir()),
+        "JUPYTER_CONFIG_PATH": _prepend("JUPYTER_CONFIG_PATH", jupyter_config_dir()),
+    })
 
 extra = os.environ.get("WORKBENCH_EXTRA_CONFIG")
 if extra:

@@ -1,15 +1,20 @@
 """In Chromium: the admin page (usage against budget, the plot, the per-user breakdown) behind
-hub OAuth, refused to a non-admin; and the remaining budget shown on the spawn form.
+hub OAuth, refused to a non-admin; the remaining budget shown on the spawn form; and a quota
+notice shown inside JupyterLab by the quota-notices labextension.
 
-Screenshots go to test-artifacts/quota-admin.png and quota-spawn-form.png.
+Screenshots go to test-artifacts/quota-admin.png, quota-spawn-form.png and
+quota-jupyterlab-notice.png.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import time
+
 import pytest
 
+from services.quota.ledger import Ledger
 from tests.fixtures.quota import ARTIFACTS, QuotaHub, launch_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.hub]
@@ -91,3 +96,30 @@ def test_spawn_form_shows_the_remaining_budget(chromium, quota_hub: QuotaHub, gp
         page.screenshot(path=str(ARTIFACTS / "quota-spawn-form.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_jupyterlab_shows_the_quota_notice(chromium, quota_hub: QuotaHub) -> None:  # noqa: ANN001
+    """Project warm's 0.002 CPU-core-hours are used up in ~7 s; its grace is an hour."""
+    with quota_hub.api() as api:
+        api.post("users/wendy")
+        assert api.post("users/wendy/server", json={"project": "warm", "profile": "cpu-small"}).status_code in (201, 202)
+    quota_hub.wait_ready("wendy")
+    ledger = Ledger(quota_hub.ledger_url)
+    deadline = time.monotonic() + 60
+    while not [n for n in ledger.notices(accounts=["warm"]) if n.level == 100]:
+        assert time.monotonic() < deadline, quota_hub.process.log_tail(40)
+        time.sleep(0.5)
+    context, page = signed_in(chromium, quota_hub, "wendy")
+    try:
+        page.wait_for_url("**/user/wendy/lab**", wait_until="commit")
+        toast = page.get_by_text("has used all of its 0.002 CPU-core-hours", exact=False).first
+        toast.wait_for(timeout=90_000)
+        assert "save your work, running servers stop at" in toast.inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.wait_for_timeout(1500)  # let the toast finish sliding in
+        page.screenshot(path=str(ARTIFACTS / "quota-jupyterlab-notice.png"))
+    finally:
+        context.close()
+        with quota_hub.api() as api:
+            api.delete("users/wendy/server")
+        quota_hub.wait_stopped("wendy")

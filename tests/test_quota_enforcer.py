@@ -120,9 +120,10 @@ async def test_warnings_then_stop_after_grace_only_for_gpu_servers(url: str) -> 
         "Project vision has used 95 % of its 10.0 GPU-hours for May 2026 (9.60 used). At 100 % running "
         "GPU servers are stopped after 15 minutes' grace; the budget resets on 2026-06-01 00:00 CEST."
     )
-    assert notices[1].message.startswith(
-        "Project vision has used all of its 10.0 GPU-hours for May 2026. Running GPU servers will be "
-        "stopped at 2026-05-02 17:18 CEST: save your work now."
+    assert notices[1].message == (
+        "Project vision has used all of its 10.0 GPU-hours for May 2026: save your work, running GPU "
+        "servers stop at 2026-05-02 17:18 CEST. New GPU servers cannot start until the budget resets "
+        "on 2026-06-01 00:00 CEST, unless a workbench admin raises the budget."
     )
     seen = for_user(notices, "bo", {"vision": world.account})
     assert [n.level for n in seen] == [101]  # the latest word per limit replaces the earlier ones

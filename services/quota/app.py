@@ -14,7 +14,8 @@ token, 403 without the scope. Routes (under the service prefix):
   PUT    api/budgets/ACCOUNT        {"gpu_hours": 300, ...} override; null removes a limit
   DELETE api/budgets/ACCOUNT        back to the YAML's budget                     [admin]
   GET    api/me                     the caller's projects: what is left, notices
-  GET    api/notices                the caller's current notices (JupyterLab shows them)
+  GET    api/notices                the caller's current notices (token)
+  GET    notices                    the same, signing in through hub OAuth (JupyterLab polls it)
   POST   api/allocations            {"project", "kind": "batch"|"dask-worker", "gpus", "cpu"}
   GET    api/allocations/ID         one allocation (its stop request, if any)
   POST   api/allocations/ID/start   it runs: usage counts from now
@@ -339,6 +340,9 @@ class MeHandler(_Handler):
 class NoticesHandler(_Handler):
     async def get(self) -> None:
         self.require_user()
+        await self.answer()
+
+    async def answer(self) -> None:
         service, user = self.service, self.username
 
         def read() -> Any:
@@ -346,6 +350,14 @@ class NoticesHandler(_Handler):
             return {"notices": _notices_json(service, user, service.accounts(), now)}
 
         self.send(await asyncio.to_thread(read))
+
+
+class BrowserNoticesHandler(NoticesHandler):
+    """``notices``: the same for JupyterLab in the browser, signing in through hub OAuth."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        await self.answer()
 
 
 def _notices_json(service: QuotaService, user: str, accounts: dict[str, Account], now: float) -> list[dict[str, Any]]:
@@ -448,6 +460,7 @@ def make_app(service: QuotaService, prefix: str, hub_auth: HubOAuth, cookie_secr
             (prefix + r"api/budgets/([^/]+)", BudgetHandler, args),
             (prefix + "api/me", MeHandler, args),
             (prefix + "api/notices", NoticesHandler, args),
+            (prefix + "notices", BrowserNoticesHandler, args),
             (prefix + "api/allocations", AllocationsHandler, args),
             (prefix + r"api/allocations/([0-9a-f]{32})", AllocationHandler, args),
             (prefix + r"api/allocations/([0-9a-f]{32})/(start|heartbeat)", AllocationHandler, args),
@@ -473,6 +486,7 @@ def enforcer_settings_from_env() -> EnforcerSettings:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)1.1s %(asctime)s %(name)s] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a probe per server per tick is noise
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/quota/")
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:8091"))
     asyncio.run(_serve(prefix, url.hostname or "127.0.0.1", url.port or 8091))

@@ -45,9 +45,9 @@ def used_up_text(account: Account, use: LimitUse, window: Window, stop_at: float
     )
     return (
         f"{_subject(account, use)} has used all of its {_hours(use.allowed)} {info.unit}{each} for "
-        f"{window.label}. Running {what} will be stopped at {format_time(stop_at, window.timezone)}: "
-        f"save your work now. New {what} cannot start {reset}, unless a workbench admin raises "
-        "the budget."
+        f"{window.label}: save your work, running {what} stop at "
+        f"{format_time(stop_at, window.timezone)}. New {what} cannot start {reset}, unless a "
+        "workbench admin raises the budget."
     )
 
 
