@@ -10,10 +10,16 @@ into the project workspace.
     studies = gw.search(modality="CT", description="head")
     pull = gw.pull([s.study_key for s in studies[:2]])
     pull.path  # folder with the DICOM files and manifest.csv
+
+    page = gw.search_results(modality="CT", limit=20)       # one page, with what the
+    page.next_page, page.complete, page.notices              # gateway says about it
+    gw.search_results(modality="CT", limit=20, page=page.next_page)   # the next one
+    gw.thumbnails([s.study_key for s in page.studies])      # PNG previews, or why not
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -48,6 +54,25 @@ class Study:
     instances: int | None
 
 
+@dataclass(frozen=True)
+class SearchResults:
+    """One page of a search: ``next_page`` goes on (None: the last page); ``complete`` is
+    False when the archive may hold more matches than it could show, and ``notices`` say why."""
+
+    studies: list[Study]
+    next_page: str | None = None
+    complete: bool = True
+    notices: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A PNG preview rendered by the gateway from de-identified pixels, or why there is none."""
+
+    png: bytes | None
+    message: str | None = None
+
+
 @dataclass
 class Pull:
     id: str
@@ -56,6 +81,7 @@ class Pull:
     instances_total: int = 0
     instances_done: int = 0
     instances_refused: int = 0
+    instances_received: int = 0
     error: dict[str, str] | None = None
     path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -120,14 +146,36 @@ class SampleGateway:
                                   description=description, limit=limit, offset=offset)
         return result[0]
 
-    def search_page(self, **criteria: Any) -> tuple[list[Study], int | None]:
+    def search_page(self, **criteria: Any) -> tuple[list[Study], str | None]:
+        """(studies, next page token) of one page; give the token back as ``page=``."""
+        results = self.search_results(**criteria)
+        return results.studies, results.next_page
+
+    def search_results(self, **criteria: Any) -> SearchResults:
         body = {
             "project": self.project,
             "criteria": {k: (v.isoformat() if isinstance(v, dt.date) else v)
                          for k, v in criteria.items() if v not in (None, "")},
         }
         answer = self._call("POST", "api/search", json=body)
-        return [Study(**s) for s in answer["studies"]], answer.get("next_offset")
+        return SearchResults(
+            studies=[Study(**s) for s in answer["studies"]],
+            next_page=answer.get("next_page"),
+            complete=bool(answer.get("complete", True)),
+            notices=[str(n) for n in answer.get("notices") or []],
+        )
+
+    def thumbnails(self, study_keys: Sequence[str]) -> dict[str, Thumbnail]:
+        """Previews of studies from a search (at most 50 at a time)."""
+        if not study_keys:
+            return {}
+        answer = self._call("POST", "api/thumbnails",
+                            json={"project": self.project, "study_keys": list(study_keys)})
+        out = {}
+        for key, item in (answer.get("thumbnails") or {}).items():
+            png = base64.b64decode(item["png"]) if item.get("png") else None
+            out[key] = Thumbnail(png, item.get("message"))
+        return out
 
     def start_pull(self, study_keys: Sequence[str]) -> Pull:
         answer = self._call("POST", "api/pulls", json={"project": self.project, "study_keys": list(study_keys)})
@@ -168,6 +216,7 @@ class SampleGateway:
             instances_total=answer.get("instances_total", 0),
             instances_done=answer.get("instances_done", 0),
             instances_refused=answer.get("instances_refused", 0),
+            instances_received=answer.get("instances_received", answer.get("instances_done", 0)),
             error=answer.get("error"), path=path, raw=answer,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from extensions.sample_client import GatewayRefused, Pull, SampleGateway, Study
+from extensions.sample_client import GatewayRefused, Pull, SampleGateway, SearchResults, Study, Thumbnail
 
 BASE = "http://hub.test/services/sample-gateway/"
 
@@ -72,20 +73,44 @@ def test_projects(fake: FakeGateway) -> None:
 
 
 def test_search_sends_criteria_and_returns_studies(fake: FakeGateway) -> None:
-    fake.routes["POST", "api/search"] = answer({"project": "magi", "studies": [STUDY], "next_offset": 50})
+    fake.routes["POST", "api/search"] = answer({"project": "magi", "studies": [STUDY], "next_page": "0.50.1."})
     gateway = client(fake)
     studies = gateway.search(modality="CT", date_from=dt.date(2020, 1, 2), date_to="2020-12-31",
                              description="", limit=10)
     assert studies == [Study(**STUDY)]
     assert fake.bodies() == [{"project": "magi", "criteria": {
         "modality": "CT", "date_from": "2020-01-02", "date_to": "2020-12-31", "limit": 10, "offset": 0}}]
-    assert gateway.search_page(offset=50) == ([Study(**STUDY)], 50)
-    assert fake.bodies()[1] == {"project": "magi", "criteria": {"offset": 50}}
+    assert gateway.search_page(page="0.50.1.") == ([Study(**STUDY)], "0.50.1.")
+    assert fake.bodies()[1] == {"project": "magi", "criteria": {"page": "0.50.1."}}
 
 
-def test_last_page_has_no_next_offset(fake: FakeGateway) -> None:
+def test_last_page_has_no_next_page(fake: FakeGateway) -> None:
     fake.routes["POST", "api/search"] = answer({"studies": []})
     assert client(fake).search_page() == ([], None)
+    assert client(fake).search_results() == SearchResults([], None, True, [])
+
+
+def test_search_results_carry_completeness_and_notices(fake: FakeGateway) -> None:
+    notice = "RIPA ignores requests for further results, so only its first answer could be read."
+    fake.routes["POST", "api/search"] = answer(
+        {"studies": [STUDY], "next_page": None, "complete": False, "notices": [notice]})
+    assert client(fake).search_results(description="thorax") == SearchResults(
+        [Study(**STUDY)], None, False, [notice])
+
+
+def test_thumbnails(fake: FakeGateway) -> None:
+    png = b"\x89PNG\r\n\x1a\nfake"
+    fake.routes["POST", "api/thumbnails"] = answer({"project": "magi", "thumbnails": {
+        "2.25.1": {"png": base64.b64encode(png).decode(), "message": None},
+        "2.25.2": {"png": None, "message": "No preview: the pixels may show patient details."},
+    }})
+    gateway = client(fake)
+    assert gateway.thumbnails(["2.25.1", "2.25.2"]) == {
+        "2.25.1": Thumbnail(png, None),
+        "2.25.2": Thumbnail(None, "No preview: the pixels may show patient details."),
+    }
+    assert fake.bodies() == [{"project": "magi", "study_keys": ["2.25.1", "2.25.2"]}]
+    assert gateway.thumbnails([]) == {} and len(fake.requests) == 1
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from extensions.sample_client import GatewayRefused, Pull, Study
+from extensions.sample_client import GatewayRefused, Pull, SearchResults, Study, Thumbnail
 from extensions.sample_widget import COMMON_MODALITIES, SamplePicker
 
 
@@ -32,7 +32,9 @@ class FakeGateway:
          "limits": {"max_studies_per_pull": 3, "max_instances_per_pull": 120, "max_studies_per_day": 10},
          "studies_pulled_today": 4},
     ])
-    pages: list[tuple[list[Study], int | None] | GatewayRefused] = field(default_factory=list)
+    pages: list[tuple[list[Study], str | None] | SearchResults | GatewayRefused] = field(default_factory=list)
+    previews: dict[str, Thumbnail] | GatewayRefused = field(default_factory=dict)
+    thumbnail_requests: list[list[str]] = field(default_factory=list)
     pull_steps: list[Pull] = field(default_factory=list)
     pull_result: Pull | GatewayRefused | None = None
     searches: list[dict[str, Any]] = field(default_factory=list)
@@ -45,12 +47,20 @@ class FakeGateway:
             raise self.project_list
         return self.project_list
 
-    def search_page(self, **criteria: Any) -> tuple[list[Study], int | None]:
+    def search_results(self, **criteria: Any) -> SearchResults:
         self.searches.append(criteria)
         page = self.pages.pop(0)
         if isinstance(page, GatewayRefused):
             raise page
-        return page
+        if isinstance(page, SearchResults):
+            return page
+        return SearchResults(page[0], page[1])
+
+    def thumbnails(self, keys: list[str]) -> dict[str, Thumbnail]:
+        self.thumbnail_requests.append(list(keys))
+        if isinstance(self.previews, GatewayRefused):
+            raise self.previews
+        return {k: v for k, v in self.previews.items() if k in keys}
 
     def pull(self, keys: list[str], *, progress: Any = None) -> Pull:
         self.pulls.append(list(keys))
@@ -94,7 +104,7 @@ def test_header_and_modalities_come_from_the_project() -> None:
     )
     assert list(picker.modality.options) == [("any", ""), ("CT", "CT"), ("MR", "MR")]
     assert picker.pull_button.disabled
-    assert picker.more_button.layout.display == "none"
+    assert picker.next_button.layout.display == "none" and picker.previous_button.layout.display == "none"
     assert picker.progress.layout.visibility == "hidden"
     assert picker.status.value == ""
 
@@ -120,7 +130,7 @@ def test_search_fills_rows_with_what_the_gateway_shows() -> None:
     picker = make(fake)
     picker.search_button.click()
     assert fake.searches == [{"modality": None, "date_from": None, "date_to": None,
-                              "description": None, "offset": 0}]
+                              "description": None, "limit": 20}]
     assert labels(picker) == [
         "P0000000001 · 45 years · 2014-11-02 · CT · CT THORAX · 40 images",
         "P0000000002 · 2014-11-02 · CT/SR · CT THORAX",
@@ -128,7 +138,7 @@ def test_search_fills_rows_with_what_the_gateway_shows() -> None:
     assert [row.study_key for row in picker.results.children] == ["2.25.1", "2.25.2"]
     assert [row.value for row in picker.results.children] == [False, False]
     assert not picker.pull_button.disabled
-    assert picker.more_button.layout.display == "none"
+    assert picker.next_button.layout.display == "none"
     assert picker.status.value == "<div class='workbench-status' style='color:inherit'>2 studies found.</div>"
     assert picker.studies == [study(1), study(2, age="", modalities=["CT", "SR"], instances=None)]
 
@@ -142,7 +152,7 @@ def test_search_sends_the_form_values() -> None:
     picker.date_to.value = dt.date(2020, 12, 31)
     picker.search_button.click()
     assert fake.searches == [{"modality": "MR", "date_from": dt.date(2020, 1, 1),
-                              "date_to": dt.date(2020, 12, 31), "description": "knee", "offset": 0}]
+                              "date_to": dt.date(2020, 12, 31), "description": "knee", "limit": 20}]
     assert "1 study found." in picker.status.value
 
 
@@ -154,23 +164,65 @@ def test_no_results() -> None:
     assert "No studies match; widen the dates or the description." in picker.status.value
 
 
-def test_more_results_pages_on() -> None:
-    fake = FakeGateway(pages=[([study(1), study(2)], 2), ([study(3)], None), ([study(9)], 1)])
+def keys_of(picker: SamplePicker) -> list[str]:
+    return [row.study_key for row in picker.results.children]
+
+
+def test_pages_forward_and_back_keeping_ticks() -> None:
+    fake = FakeGateway(pages=[([study(1), study(2)], "0.2.1.ab"), ([study(3)], None), ([study(9)], "x")])
     picker = make(fake)
     picker.search_button.click()
-    assert picker.more_button.layout.display == ""
-    assert "2 studies found." in picker.status.value
+    assert picker.next_button.layout.display == "" and picker.previous_button.layout.display == "none"
+    assert picker.page_label.value == "page 1" and "2 studies on this page." in picker.status.value
     picker.results.children[0].value = True
-    picker.more_button.click()
-    assert fake.searches[1]["offset"] == 2
-    assert [row.study_key for row in picker.results.children] == ["2.25.1", "2.25.2", "2.25.3"]
-    assert picker.more_button.layout.display == "none"
-    assert "3 studies found." in picker.status.value
-    # A new search starts again from the first page and replaces the rows.
+    picker.next_button.click()
+    assert fake.searches[1]["page"] == "0.2.1.ab" and fake.searches[1]["limit"] == 20
+    assert keys_of(picker) == ["2.25.3"] and picker.page_label.value == "page 2"
+    assert picker.next_button.layout.display == "none" and picker.previous_button.layout.display == ""
+    picker.results.children[0].value = True
+    assert picker.selected_keys() == ["2.25.1", "2.25.3"] and picker.selection.value == "2 selected"
+    picker.previous_button.click()  # from memory, not the gateway
+    assert len(fake.searches) == 2 and keys_of(picker) == ["2.25.1", "2.25.2"]
+    assert [row.value for row in picker.results.children] == [True, False]
+    picker.next_button.click()
+    assert len(fake.searches) == 2 and keys_of(picker) == ["2.25.3"]
+    # A new search starts again from the first page, without the old ticks.
     picker.search_button.click()
-    assert fake.searches[2]["offset"] == 0
-    assert [row.study_key for row in picker.results.children] == ["2.25.9"]
-    assert picker.more_button.layout.display == ""
+    assert "page" not in fake.searches[2] and keys_of(picker) == ["2.25.9"]
+    assert picker.selected_keys() == [] and picker.next_button.layout.display == ""
+
+
+def test_notices_about_incomplete_results_are_shown() -> None:
+    notice = "RIPA ignores requests for further results, so only its first answer could be read."
+    fake = FakeGateway(pages=[SearchResults([study(1)], None, False, [notice + " <b>"])])
+    picker = make(fake)
+    picker.search_button.click()
+    assert picker.notices.value == (
+        "<div class='workbench-notice' style='color:#8a5a00'>" + notice + " &lt;b&gt;</div>")
+
+
+def test_thumbnails_come_per_page_and_say_why_not() -> None:
+    png = b"\x89PNG\r\n\x1a\n-fake"
+    fake = FakeGateway(pages=[([study(1), study(2)], "t"), ([study(3)], None)], previews={
+        "2.25.1": Thumbnail(png), "2.25.2": Thumbnail(None, "No preview: may show <text>."),
+        "2.25.3": Thumbnail(png)})
+    picker = make(fake)
+    picker.search_button.click()
+    first, second = picker.results.children
+    assert first.thumb.value == png and "workbench-thumbnail" in first.thumb._dom_classes
+    assert "No preview: may show &lt;text&gt;." in second.thumb.value
+    picker.next_button.click()
+    picker.previous_button.click()
+    assert fake.thumbnail_requests == [["2.25.1", "2.25.2"], ["2.25.3"]]  # cached after that
+
+
+def test_thumbnails_that_fail_do_not_break_the_search() -> None:
+    fake = FakeGateway(pages=[([study(1)], None)], previews=GatewayRefused("The gateway is busy.", "busy"))
+    picker = make(fake)
+    picker.search_button.click()
+    [row] = picker.results.children
+    assert "no preview" in row.thumb.value and "The gateway is busy." in row.thumb.value
+    assert "1 study found." in picker.status.value
 
 
 def test_refusal_shows_its_message_as_an_error() -> None:
@@ -191,7 +243,7 @@ def test_labels_are_plain_text() -> None:
     picker = make(fake)
     picker.search_button.click()
     [row] = picker.results.children
-    assert row.description_allow_html is False
+    assert row.checkbox.description_allow_html is False
     assert row.description.endswith("<img src=x onerror=alert(1)> · 40 images")
 
 
