@@ -21,7 +21,14 @@ from typing import Any
 
 import ipywidgets as w
 
-from .sample_client import GatewayRefused, Pull, SampleGateway, SearchResults, Study, Thumbnail
+from .sample_client import (
+    GatewayRefused,
+    Pull,
+    SampleGateway,
+    SearchResults,
+    Study,
+    Thumbnail,
+)
 
 COMMON_MODALITIES = ["CT", "MR", "US", "CR", "DX", "MG", "PT", "NM", "OT"]
 THUMB_SIZE = 64

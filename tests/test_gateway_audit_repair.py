@@ -18,13 +18,13 @@ import pytest
 
 from hub_config.loader import parse_config
 from hub_config.storage import StorageLayout
+from services.sample_gateway.archive import ArchiveSettings, DicomWebArchive
 from services.sample_gateway.audit import AuditLog, main, verify
 from services.sample_gateway.errors import AuditUnavailable
 from services.sample_gateway.gateway import Gateway
+from services.sample_gateway.queries import StudyCriteria
 from services.sample_gateway.state import GatewayState
 from tests.fixtures.fake_dicomweb import FakeArchive, serve
-from services.sample_gateway.archive import ArchiveSettings, DicomWebArchive
-from services.sample_gateway.queries import StudyCriteria
 
 
 def chain(path: Path, count: int = 3) -> AuditLog:

@@ -193,7 +193,7 @@ async def test_c_get_and_c_move_deliver_what_dicomweb_delivers(
         assert over_dimse["status"] == "done", over_dimse
         assert time.monotonic() - started < 10
         over_web = await pull(web, keys)
-        rows = lambda done, gw: sorted((r["file"], r["transfer_syntax"], r["frames"])  # noqa: E731
+        rows = lambda done, gw: sorted((r["file"], r["transfer_syntax"], r["frames"])
                                        for r in manifest_of(gw, done)["instances"])
         assert rows(over_dimse, dimse) == rows(over_web, web)
         assert manifest_of(dimse, over_dimse)["integration"] == "dimse"

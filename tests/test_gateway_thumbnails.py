@@ -14,7 +14,13 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 
-from services.sample_gateway.thumbnails import ThumbnailError, pixel_spacing, png_bytes, render, render_png
+from services.sample_gateway.thumbnails import (
+    ThumbnailError,
+    pixel_spacing,
+    png_bytes,
+    render,
+    render_png,
+)
 
 
 def load(name: str) -> Dataset:

@@ -11,7 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from extensions.sample_client import GatewayRefused, Pull, SampleGateway, SearchResults, Study, Thumbnail
+from extensions.sample_client import (
+    GatewayRefused,
+    Pull,
+    SampleGateway,
+    SearchResults,
+    Study,
+    Thumbnail,
+)
 
 BASE = "http://hub.test/services/sample-gateway/"
 

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from extensions.sample_client import GatewayRefused, Pull, SearchResults, Study, Thumbnail
+from extensions.sample_client import (
+    GatewayRefused,
+    Pull,
+    SearchResults,
+    Study,
+    Thumbnail,
+)
 from extensions.sample_widget import COMMON_MODALITIES, SamplePicker
 
 

@@ -193,7 +193,8 @@ def main() -> None:
 
 async def _serve(prefix: str, host: str, port: int) -> None:
     gateway = build_gateway()
-    await asyncio.to_thread(gateway.workers.warm_up)
+    # Start the de-identification workers in the background: the API answers meanwhile.
+    warm = asyncio.create_task(asyncio.to_thread(gateway.workers.warm_up))
     recovered = gateway.recover()
     if recovered:
         log.warning("marked %d interrupted pull(s) failed and removed their partial files", len(recovered))
@@ -208,4 +209,5 @@ async def _serve(prefix: str, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     server.stop()
+    await asyncio.gather(warm, return_exceptions=True)
     await gateway.aclose()

@@ -108,7 +108,7 @@ class AuditLog:
         last = self._parse_last(tail)
         torn = tail.torn
         side = self.path.with_name(
-            f"{self.path.name}.torn-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}"
+            f"{self.path.name}.torn-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
         )
         side_fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(side_fd, "wb") as copy:
@@ -204,7 +204,7 @@ def _completes(tail: _Tail) -> bool:
 def _write(handle: BinaryIO, last: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
     record = {
         "seq": (last["seq"] + 1) if last else 1,
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         **event,
         "prev": last["hash"] if last else GENESIS,
     }

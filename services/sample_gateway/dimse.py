@@ -34,12 +34,18 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    build_role,
+    evt,
+)
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -622,4 +628,4 @@ def _addresses(host: str) -> frozenset[str]:
     return frozenset(found)
 
 
-__all__ = ["DimseArchive", "DimseSettings", "RETRIEVE_SYNTAXES", "StorageSCP"]
+__all__ = ["RETRIEVE_SYNTAXES", "DimseArchive", "DimseSettings", "StorageSCP"]

@@ -73,7 +73,7 @@ def process(body: bytes, content_type: str, study_uid: str, keys: ProjectKeys,
 def drop_private(ds: Dataset) -> int:
     """Delete top-level private elements that de-identification would drop unread."""
     doomed = []
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element
         if tag.is_private and not tag.is_private_creator:  # creators name the VRs of the rest
             raw = ds.get_item(tag)
             vr = getattr(raw, "VR", None)
@@ -126,9 +126,9 @@ class Workers:
             self.shutdown()
             raise
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = False) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
 
 
