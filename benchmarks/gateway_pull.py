@@ -66,6 +66,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print where a gateway pull spends its time")
     parser.add_argument("--no-dimse", action="store_true")
     args = parser.parse_args()
+    try:
+        import dicognito  # noqa: F401 - the naive baseline
+        import dicomweb_client  # noqa: F401
+    except ImportError as missing:
+        raise SystemExit(f"{missing.name} is needed for the baselines: pip install -e '.[bench]'") from None
     warnings.simplefilter("ignore")
     os.environ["TCP_NODELAY"] = "1"  # for Orthanc's DCMTK (see the module docstring)
     work = Path(tempfile.mkdtemp(prefix="wb-gwbench-"))
