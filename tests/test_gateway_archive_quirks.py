@@ -312,6 +312,7 @@ def _latin1_description(ds: pydicom.Dataset) -> None:
     ds.SeriesDescription = "Röntgen Thorax"
 
 
+@pytest.mark.filterwarnings("ignore:Unknown encoding 'ISO_IR 999'")
 async def test_an_invalid_character_set_is_decoded_with_a_fallback_and_reported(tmp_path: Path) -> None:
     fake = FakeArchive()
     fake.add_study("CT THORAX", [("CT_small.dcm", "axial", 2)], change=_latin1_description,
