@@ -191,11 +191,19 @@ class WorkbenchSpawnerMixin(HasTraits):
     async def start(self):  # noqa: ANN201 - returns what the concrete spawner's start returns
         result = await super().start()  # type: ignore[misc]
         if self.quota is not None and self.quota_allocation:
+            # Unaccounted use is not allowed: the hub stops a server it cannot account for.
             try:
-                await self.quota.started(self.quota_allocation, self._quota_probe_url(result))
+                accounted = await self.quota.started(self.quota_allocation, self._quota_probe_url(result))
             except QuotaError as error:
-                # Unaccounted use is not allowed: the hub stops the server it cannot account.
                 raise _spawn_refusal(error) from None
+            if not accounted:
+                raise spawn_error(
+                    f"The server took longer to start than its quota reservation lasts "
+                    f"({self.quota_reservation_ttl:g} s), so its GPUs and slot may have gone to "
+                    "another start. Please start it again.",
+                    reason="quota_reservation_expired",
+                    status_code=503,
+                )
         return result
 
     def _quota_probe_url(self, result: Any) -> str | None:

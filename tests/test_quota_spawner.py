@@ -235,3 +235,12 @@ async def test_form_note_shows_remaining_budget(setup) -> None:
     html = await spawner._default_options_form()(spawner)
     assert "0 of 1 GPUs free now" in html
     await hub_stop(running)
+
+
+async def test_a_start_slower_than_the_reservation_is_stopped(setup) -> None:  # noqa: ANN001
+    spawner = make(setup, quota_reservation_ttl=0.0)  # the reservation expires at once
+    with pytest.raises(SpawnException) as caught:
+        await spawn(spawner)
+    assert caught.value.reason == "quota_reservation_expired"
+    [record] = Ledger(setup[1]).allocations(account="vision")
+    assert record.status == RELEASED and record.started_at is None
