@@ -8,9 +8,8 @@ quota-jupyterlab-notice.png.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import time
+from collections.abc import Iterator
 
 import pytest
 
