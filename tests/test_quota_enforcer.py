@@ -15,6 +15,7 @@ import pytest
 from hub_config.model import Budget
 from services.quota.accounts import Account
 from services.quota.enforcer import Enforcer, EnforcerSettings, HubServer
+from services.quota.errors import QuotaExceeded
 from services.quota.ledger import ENDED, RELEASED, RUNNING, Claim, Ledger
 from services.quota.notices import announcement_html, for_user
 
@@ -225,3 +226,45 @@ async def test_batch_allocations_need_heartbeats(url: str) -> None:
     world.clock.now += 2
     assert (await world.enforcer.tick()).closed == [batch]
     assert world.ledger.get(batch).ended_at == beat
+
+
+def session_accounts(config: object) -> dict[str, Account]:
+    """An extra-accounts source, as the teaching module provides one (loaded by name)."""
+    import datetime as dt
+
+    from hub_config.model import TeachingBudget
+    from services.quota.accounts import session_account
+
+    budget = TeachingBudget(starts=dt.datetime(2026, 5, 2, 9), ends=dt.datetime(2026, 5, 2, 16),
+                            cpu_core_hours=3, grace_minutes=0)
+    return {a.id: a for a in [session_account("intro", "Intro course", budget, ["stud1", "stud2"])]}
+
+
+async def test_teaching_session_accounts_are_enforced_in_their_window(url: str) -> None:
+    from services.quota.app import extra_accounts_loader
+
+    load = extra_accounts_loader("tests.test_quota_enforcer:session_accounts", lambda: None)
+    assert extra_accounts_loader("no.such.module:fn", lambda: None)() == {}
+    [session] = load().values()
+    assert session.id == "session:intro" and session.label == "Teaching session intro"
+    world = World(url, Budget())
+    world.account = session
+    world.enforcer = world.new_enforcer()
+    world.enforcer.accounts = lambda: {session.id: session}
+    ids = []
+    for student in ("stud1", "stud2"):
+        allocation = world.ledger.reserve(Claim(session.id, student, gpus=0, cpu=1), session.budget,
+                                          now=world.clock.now, ttl=600, account_label=session.label)
+        world.ledger.mark_started(allocation, now=world.clock.now, url="http://127.0.0.1:1/")
+        world.up.add(allocation)
+        world.hub.running[(student, "")] = HubServer(student, "", True, None)
+        ids.append(allocation)
+    world.clock.now += 1.51 * H  # 3.02 core-hours: used up, no grace
+    report = await world.enforcer.tick()
+    assert sorted(report.stop_requested) == sorted(ids)
+    stopped = world.ledger.notices(accounts=[session.id])[0]
+    assert stopped.level == 101 and stopped.message.endswith("The session's budget is spent.")
+    with pytest.raises(QuotaExceeded) as refused:
+        world.ledger.reserve(Claim(session.id, "stud1", gpus=0, cpu=1), session.budget,
+                             now=world.clock.now, ttl=600, account_label=session.label)
+    assert "The session's budget does not reset; it ends on 2026-05-02 16:00 CEST." in refused.value.message

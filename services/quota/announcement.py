@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hub_config.loader import cached_config
+from hub_config.model import WorkbenchConfig
 
-from .accounts import project_accounts
+from .accounts import Account, project_accounts
 from .ledger import ledger_for
 from .notices import announcement_html, for_user
 
@@ -27,9 +28,11 @@ class HubAnnouncement:
     def __init__(
         self, ledger_url: str, config_file: str | None = None, *, static: str = "",
         cache_seconds: float = 15.0, clock: Callable[[], float] = time.time,
+        extra_accounts: Callable[[WorkbenchConfig], Mapping[str, Account]] | None = None,
     ) -> None:
         self.ledger_url = ledger_url
         self.config_file = config_file
+        self.extra_accounts = extra_accounts  # e.g. teaching sessions' accounts
         self.static = static  # an admin's own announcement, shown above the notices
         self.cache_seconds = cache_seconds
         self.clock = clock
@@ -60,7 +63,10 @@ class HubAnnouncement:
 
     def render(self, username: str, now: float) -> str:
         config = cached_config(self.config_file, log=log)
-        accounts = {k: a for k, a in project_accounts(config).items() if username in a.members}
+        every = dict(project_accounts(config))
+        if self.extra_accounts is not None:
+            every.update(self.extra_accounts(config))
+        accounts = {k: a for k, a in every.items() if username in a.members}
         if not accounts:
             return ""
         ledger = ledger_for(self.ledger_url)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
 import json
 import logging
 import os
@@ -472,6 +473,32 @@ def make_app(service: QuotaService, prefix: str, hub_auth: HubOAuth, cookie_secr
     )
 
 
+EXTRA_ACCOUNTS_ENV = "WORKBENCH_QUOTA_EXTRA_ACCOUNTS"
+
+
+def extra_accounts_loader(spec: str, config: Callable[[], WorkbenchConfig]) -> Callable[[], dict[str, Account]]:
+    """Accounts besides the projects, from ``"module:function"`` (function(config) -> {id: Account}),
+    e.g. the teaching sessions' ``services.teaching.quota:teaching_accounts``. A loader that
+    fails is logged and yields no accounts: projects stay enforced."""
+    if not spec:
+        return dict
+    module_name, _, function_name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError):
+        log.exception("%s=%r cannot be loaded; only projects are accounted", EXTRA_ACCOUNTS_ENV, spec)
+        return dict
+
+    def load() -> dict[str, Account]:
+        try:
+            return dict(function(config()))
+        except Exception:  # a broken extra source must not stop project quotas
+            log.exception("extra quota accounts from %s failed", spec)
+            return {}
+
+    return load
+
+
 def enforcer_settings_from_env() -> EnforcerSettings:
     def number(name: str, default: float) -> float:
         return float(os.environ.get(name, default))
@@ -497,8 +524,12 @@ async def _serve(prefix: str, host: str, port: int) -> None:
 
     db_url = os.environ.get(DB_ENV) or default_db_url(str(default_data_dir()))
     ledger = ledger_for(db_url)
-    service = QuotaService(ledger, lambda: cached_config(log=log),
-                           reservation_ttl=float(os.environ.get("WORKBENCH_QUOTA_RESERVATION_TTL", "900")))
+    def config() -> WorkbenchConfig:
+        return cached_config(log=log)
+
+    service = QuotaService(ledger, config,
+                           reservation_ttl=float(os.environ.get("WORKBENCH_QUOTA_RESERVATION_TTL", "900")),
+                           extra_accounts=extra_accounts_loader(os.environ.get(EXTRA_ACCOUNTS_ENV, ""), config))
     hub_auth = HubOAuth(cache_max_age=60)
     server = HTTPServer(make_app(service, prefix, hub_auth, secrets.token_bytes(32)))
     server.listen(port, address=host)
