@@ -244,3 +244,30 @@ async def test_a_start_slower_than_the_reservation_is_stopped(setup) -> None:  #
     assert caught.value.reason == "quota_reservation_expired"
     [record] = Ledger(setup[1]).allocations(account="vision")
     assert record.status == RELEASED and record.started_at is None
+
+
+async def test_fifty_concurrent_spawns_through_the_hook(ledger_url: str, tmp_path: Path) -> None:
+    """The hub's path (mixin, worker threads, one engine per process) on SQLite and PostgreSQL:
+    50 spawns of 1-GPU servers at once against max_concurrent_gpus 2 start exactly 2."""
+    yaml = tmp_path / "race.yaml"
+    yaml.write_text(WORKBENCH.replace("members: [anna, bo, cy]", "members: [" + ", ".join(
+        f"u{i:02d}" for i in range(50)) + "]").replace("max_concurrent_gpus: 1", "max_concurrent_gpus: 2"))
+    spawners = [make((yaml, ledger_url), f"u{i:02d}") for i in range(50)]
+
+    async def attempt(spawner: FakeServerSpawner) -> str:
+        try:
+            await spawn(spawner)
+        except SpawnException as refusal:
+            assert refusal.status_code == 429
+            return refusal.jupyterhub_message
+        return "started"
+
+    outcomes = await asyncio.gather(*(attempt(s) for s in spawners))
+    assert outcomes.count("started") == 2
+    assert all(o.startswith("Project vision may use at most 2 GPUs at a time") for o in outcomes if o != "started")
+    ledger = Ledger(ledger_url)
+    assert len(ledger.allocations(account="vision")) == 2
+    for spawner in spawners:
+        if spawner.quota_allocation:
+            await hub_stop(spawner)
+    assert ledger.allocations(account="vision", statuses=[RUNNING]) == []
