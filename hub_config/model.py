@@ -182,8 +182,15 @@ class Project(_Strict):
     title: str = Field(min_length=1)
     department: str | None = None
     members: list[Username] = Field(default_factory=list)
+    stewards: list[Username] = Field(
+        default_factory=list, description="Data stewards who review this project's exports."
+    )
     approval: Approval
-    datasets: list[Slug] = Field(default_factory=list)
+    datasets: list[Slug] = Field(
+        default_factory=list,
+        description="Catalogue entries the project's servers mount, each only while the "
+        "catalogue approves it for the project.",
+    )
     archive: ArchiveAccess = ArchiveAccess()
     budget: Budget | None = None
 
@@ -289,11 +296,213 @@ class Profile(_Strict):
         return self.projects == "*" or project_id in self.projects
 
 
+DataKind = Literal["imaging", "pathology", "genomics", "tabular", "real-time"]
+"""The kinds of data the region's plan names."""
+
+Sensitivity = Literal["public", "anonymised", "pseudonymised", "personal", "special-category"]
+"""GDPR terms: 'special-category' is health data about identifiable people (art. 9)."""
+
+OPEN_SENSITIVITIES = ("public", "anonymised")
+
+
+class DatasetVolume(_Strict):
+    """The Nomad volume that holds a dataset (overrides the spawner's ``dataset_volume`` source)."""
+
+    type: Literal["host", "csi"] = Field(description="'host' (a node's host volume) or 'csi'.")
+    source: str = Field(
+        pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="Host volume name or CSI volume id, e.g. 'ripa-head-ct-2026'.",
+    )
+
+
 class Dataset(_Strict):
+    """One entry of the data catalogue: what the data is, whose, on what basis, for whom.
+
+    An entry approved for projects (``projects`` not empty) must name its owner, kind,
+    sensitivity, legal basis and approval; an entry without projects is listed only. Servers
+    mount an entry read-only when their project lists it, the entry is approved for that
+    project and its approval has not expired (:mod:`datasets_mount.catalogue`).
+    """
+
     id: Slug
-    title: str
-    path: str = Field(description="Where the dataset lives on the storage the servers see.")
+    title: str = Field(min_length=1)
+    path: str = Field(
+        description="Location on the workbench storage (relative to $WORKBENCH_DATA_DIR, or "
+        "absolute); local and Docker servers link or bind it read-only at ~/datasets/<id>."
+    )
     description: str = ""
+    owner: str | None = Field(
+        None, description="Who answers for the data: department and responsible person."
+    )
+    kind: DataKind | None = Field(
+        None, description="imaging, pathology, genomics, tabular or real-time."
+    )
+    sensitivity: Sensitivity | None = Field(
+        None,
+        description="public, anonymised, pseudonymised, personal or special-category (health "
+        "data about identifiable people).",
+    )
+    legal_basis: str | None = Field(
+        None,
+        description="The legal basis of the processing, e.g. 'GDPR art. 6(1)(e) and 9(2)(j); "
+        "Danish Health Act s. 46'.",
+    )
+    approval: Approval | None = Field(
+        None, description="The data-use approval (reference and last valid day)."
+    )
+    projects: list[Slug] | Literal["*"] = Field(
+        default_factory=list,
+        description="Projects (or teaching sessions) approved to use the data; '*' (every "
+        "project) only for public or anonymised data.",
+    )
+    volume: DatasetVolume | None = Field(
+        None, description="Nomad host or CSI volume with the data; None: the spawner's rule."
+    )
+    format: str = Field("", description="File format(s), e.g. 'DICOM', 'NIfTI', 'VCF', 'Parquet'.")
+    size: int | None = Field(None, description="Approximate size in bytes; accepts '120G'.")
+    retain_until: dt.date | None = Field(
+        None, description="Last day the data may be kept; the approval cannot run past it."
+    )
+    retention: str = Field("", description="What happens at the end (deleted, archived, returned).")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: str | int | None) -> int | None:
+        return None if value is None else parse_bytes(value)
+
+    def catalogue_problems(self) -> list[tuple[str, str]]:
+        """(field, message) for rules between fields (checked with the whole file, so that
+        the loader can name the field and its line)."""
+        problems: list[tuple[str, str]] = []
+        if self.projects:
+            for name in ("owner", "kind", "sensitivity", "legal_basis", "approval"):
+                if getattr(self, name) in (None, ""):
+                    problems.append((name, f"an entry approved for projects must give {name} "
+                                           "(or list no projects until it is approved)"))
+        if self.projects == "*" and self.sensitivity not in OPEN_SENSITIVITIES:
+            problems.append(("projects", "'*' (every project) is only for public or anonymised "
+                                         f"data; this entry is {self.sensitivity or 'of unstated sensitivity'}"))
+        if self.approval and self.retain_until and self.approval.expires > self.retain_until:
+            problems.append(("retain_until", f"the approval runs to {self.approval.expires.isoformat()}, "
+                                             f"past the retention end {self.retain_until.isoformat()}"))
+        return problems
+
+    def approved_for(self, project_id: str) -> bool:
+        return self.projects == "*" or project_id in self.projects
+
+
+class GitNotebooks(_Strict):
+    """Course notebooks pulled into each student's home by nbgitpuller on first open."""
+
+    repo: str = Field(
+        pattern=r"^(https://|http://|file://|git@)\S+$",
+        description="Git URL the servers can reach (https://gitlab.example/course.git).",
+    )
+    branch: str = Field("main", pattern=r"^[A-Za-z0-9._/-]{1,100}$")
+
+
+class CourseNotebooks(_Strict):
+    """Where a session's notebooks come from: a folder under notebooks/, or a git repository."""
+
+    folder: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        description="Folder under the workbench's notebooks/ directory, copied into each "
+        "student's home (never over a student's edits).",
+    )
+    git: GitNotebooks | None = None
+    open: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._ -]+(/[A-Za-z0-9._ -]+)*\.ipynb$",
+        description="Notebook (relative to the course folder) that opens at a student's "
+        "first login; None: the file browser.",
+    )
+
+    @field_validator("folder")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        if value and ".." in value.split("/"):
+            raise ValueError("folder must stay inside notebooks/")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CourseNotebooks:
+        if (self.folder is None) == (self.git is None):
+            raise ValueError("give exactly one of folder (under notebooks/) or git")
+        return self
+
+
+class TeachingSession(_Strict):
+    """A course: a cohort, its teachers, a time window, one profile, a budget, notebooks.
+
+    Students may log in and start a server only inside the window; teachers can open, start
+    and stop their students' servers (a hub group per session); at the end servers stop and
+    access ends. Naive times are read in ``timezone``.
+    """
+
+    id: Slug
+    title: str = Field(min_length=1)
+    teachers: list[Username] = Field(min_length=1)
+    students: list[Username] = Field(default_factory=list)
+    starts: dt.datetime
+    ends: dt.datetime
+    timezone: str = Field("Europe/Copenhagen", description="IANA zone of starts and ends.")
+    profile: Slug = Field(description="The one compute profile of the session's servers.")
+    budget: BudgetLimits | None = Field(
+        None,
+        description="Compute for the whole window (no period; per_user_* limits apply per "
+        "student); charged to the account 'session:<id>'.",
+    )
+    notebooks: CourseNotebooks | None = None
+    datasets: list[Slug] = Field(
+        default_factory=list,
+        description="Catalogue entries to mount; each must be approved for the session's id.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone such as 'Europe/Copenhagen'") from None
+        return value
+
+    def session_problems(self) -> list[tuple[Loc, str]]:
+        """(field path, message) for rules between fields (the loader names the line)."""
+        problems: list[tuple[Loc, str]] = []
+        if self.window()[1] <= self.window()[0]:
+            problems.append((("ends",), "a teaching session must end after it starts"))
+        both = sorted(set(self.teachers) & set(self.students))
+        if both:
+            problems.append((("students",), f"{', '.join(both)} cannot be both teacher and student"))
+        if self.budget is not None and "timezone" in self.budget.model_fields_set:
+            problems.append((("budget", "timezone"), "set the session's timezone, not the budget's"))
+        return problems
+
+    def window(self) -> tuple[dt.datetime, dt.datetime]:
+        """(starts, ends) as aware datetimes."""
+        zone = ZoneInfo(self.timezone)
+        return tuple(  # type: ignore[return-value]
+            moment if moment.tzinfo else moment.replace(tzinfo=zone)
+            for moment in (self.starts, self.ends)
+        )
+
+    def teaching_budget(self) -> TeachingBudget | None:
+        """The quota service's budget type for this session's window."""
+        if self.budget is None:
+            return None
+        starts, ends = self.window()
+        fields = self.budget.model_dump(exclude={"timezone"})
+        return TeachingBudget(starts=starts, ends=ends, timezone=self.timezone, **fields)
+
+    @property
+    def group(self) -> str:
+        """The hub group of the session's students (teachers' scopes are limited to it)."""
+        return f"teaching-{self.id}"
+
+    def members(self) -> set[str]:
+        return set(self.teachers) | set(self.students)
 
 
 AeTitle = Annotated[str, StringConstraints(pattern=r"^[\x20-\x5b\x5d-\x7e]{1,16}$")]
@@ -394,10 +603,16 @@ class ArchiveConnection(_Strict):
 
 class WorkbenchConfig(_Strict):
     admins: list[Username] = Field(default_factory=list)
+    data_stewards: list[Username] = Field(
+        default_factory=list,
+        description="People who review export requests of every project (the airlock); a "
+        "project's own stewards are in projects[].stewards. Nobody reviews their own request.",
+    )
     archive: ArchiveConnection | None = None
     profiles: list[Profile] = Field(min_length=1)
     projects: list[Project] = Field(default_factory=list)
     datasets: list[Dataset] = Field(default_factory=list)
+    teaching: list[TeachingSession] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _cross_references(self) -> WorkbenchConfig:
@@ -422,10 +637,28 @@ class WorkbenchConfig(_Strict):
     def profiles_for(self, project_id: str) -> list[Profile]:
         return [p for p in self.profiles if p.allows(project_id)]
 
+    def session(self, session_id: str) -> TeachingSession | None:
+        return next((s for s in self.teaching if s.id == session_id), None)
+
+    def sessions_of(self, username: str) -> list[TeachingSession]:
+        """Sessions in which ``username`` teaches or studies (whatever their window)."""
+        return [s for s in self.teaching if username in s.members()]
+
+    def stewards_of(self, project_id: str) -> set[str]:
+        """Who may review the project's export requests."""
+        project = self.project(project_id)
+        return set(self.data_stewards) | (set(project.stewards) if project else set())
+
     def all_users(self) -> set[str]:
-        users = set(self.admins)
+        """People who may always log in: admins, stewards and project members.
+
+        Teaching-session people are not here: their access follows the session's window
+        (:mod:`services.teaching.rules`).
+        """
+        users = set(self.admins) | set(self.data_stewards)
         for project in self.projects:
             users.update(project.members)
+            users.update(project.stewards)
         return users
 
 
@@ -443,7 +676,9 @@ class CrossReferenceError(ValueError):
 def cross_reference_problems(config: WorkbenchConfig) -> list[tuple[Loc, str]]:
     """Ids that repeat or point nowhere, as (field path, message) pairs."""
     problems: list[tuple[Loc, str]] = []
-    for section, key in (("profiles", "slug"), ("projects", "id"), ("datasets", "id")):
+    for section, key in (
+        ("profiles", "slug"), ("projects", "id"), ("datasets", "id"), ("teaching", "id")
+    ):
         seen: set[str] = set()
         for index, item in enumerate(getattr(config, section)):
             value = getattr(item, key)
@@ -472,4 +707,54 @@ def cross_reference_problems(config: WorkbenchConfig) -> list[tuple[Loc, str]]:
                     "this project may pull from the archive, but no archive is configured",
                 )
             )
+    problems += _catalogue_problems(config, project_ids, dataset_ids)
+    problems += _teaching_problems(config, project_ids, dataset_ids)
+    return problems
+
+
+def _catalogue_problems(
+    config: WorkbenchConfig, project_ids: set[str], dataset_ids: set[str]
+) -> list[tuple[Loc, str]]:
+    # A project listing an entry the catalogue does not approve for it is no error: that is
+    # how a steward revokes (the next spawn leaves it out and says why).
+    problems: list[tuple[Loc, str]] = []
+    session_ids = {s.id for s in config.teaching}
+    for index, dataset in enumerate(config.datasets):
+        for name, message in dataset.catalogue_problems():
+            problems.append((("datasets", index, name), message))
+        if dataset.projects == "*":
+            continue
+        for pos, pid in enumerate(dataset.projects):
+            if pid not in project_ids and pid not in session_ids:
+                problems.append(
+                    (
+                        ("datasets", index, "projects", pos),
+                        f"project {pid!r} is not defined (neither a project nor a teaching session)",
+                    )
+                )
+    return problems
+
+
+def _teaching_problems(
+    config: WorkbenchConfig, project_ids: set[str], dataset_ids: set[str]
+) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    profile_slugs = {p.slug for p in config.profiles}
+    for index, session in enumerate(config.teaching):
+        for loc, message in session.session_problems():
+            problems.append((("teaching", index, *loc), message))
+        if session.id in project_ids:
+            problems.append(
+                (("teaching", index, "id"), f"{session.id!r} is already a project id; "
+                 "a session needs an id of its own")
+            )
+        if session.profile not in profile_slugs:
+            problems.append(
+                (("teaching", index, "profile"), f"profile {session.profile!r} is not defined")
+            )
+        for pos, did in enumerate(session.datasets):
+            if did not in dataset_ids:
+                problems.append(
+                    (("teaching", index, "datasets", pos), f"dataset {did!r} is not in datasets")
+                )
     return problems

@@ -69,7 +69,7 @@ def render_options_form(
         project = choice.project
         label = f"{project.title} ({project.id})"
         if choice.unavailable:
-            label += " - approval expired"
+            label += f" - {choice.unavailable_label}"
         attrs = [
             f'value="{escape(project.id)}"',
             f'data-profiles="{escape(" ".join(p.slug for p in choice.profiles))}"',
@@ -82,12 +82,10 @@ def render_options_form(
 
     notes = []
     for choice in choices:
-        lines = [
+        lines = list(choice.notes) or [
             f"Approval {choice.project.approval.reference}, valid until "
             f"{choice.project.approval.expires.isoformat()}."
         ]
-        if choice.project.datasets:
-            lines.append("Datasets mounted read-only: " + ", ".join(choice.project.datasets) + ".")
         lines.extend(project_notes.get(choice.project.id, []))
         body = "".join(f"<div>{escape(line)}</div>" for line in lines)
         notes.append(

@@ -18,6 +18,8 @@ from traitlets import Int, List, Unicode, default
 
 from datasets_mount.local import link_datasets
 from hub_config.model import Profile
+from services.teaching.course import hand_out
+from services.teaching.rules import course_dir as teaching_course_dir
 
 from .workbench import WorkbenchSpawnerMixin
 
@@ -36,6 +38,12 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         str(Path(__file__).resolve().parent.parent / "notebooks"),
         config=True,
         help="Notebooks copied into each new home under ~/examples (never overwritten).",
+    )
+
+    course_notebooks_root = Unicode(
+        str(Path(__file__).resolve().parent.parent / "notebooks"),
+        config=True,
+        help="Folder that teaching sessions' notebooks.folder is relative to.",
     )
 
     extra_singleuser_args = List(
@@ -94,13 +102,18 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
 
     async def start(self):  # noqa: ANN201 - returns (ip, port)
         assert self.selection is not None, "run_pre_spawn_hook resolves the selection first"
-        project = self.selection.project
-        self.emit_progress(10, f"Project {project.id}: approval {project.approval.reference} "
-                               f"valid until {project.approval.expires.isoformat()}")
-        self.prepare_workspace()
-        self.emit_progress(30, "Workspace ready: ~/projects/" + project.id)
+        project, session = self.selection.project, self.selection.session
+        if session is not None:
+            self.emit_progress(10, f"Teaching session {session.id}: {session.title}")
+            self.emit_progress(30, self.prepare_course())
+        else:
+            self.emit_progress(10, f"Project {project.id}: approval {project.approval.reference} "
+                                   f"valid until {project.approval.expires.isoformat()}")
+            self.prepare_workspace()
+            self.emit_progress(30, "Workspace ready: ~/projects/" + project.id)
         mounted, refused = link_datasets(
-            self.storage, Path(self.home_dir) / "datasets", self.selection.datasets
+            self.storage, Path(self.home_dir) / "datasets", self.selection.datasets,
+            self.selection.refused_datasets,
         )
         if mounted:
             self.emit_progress(40, "Datasets mounted: " + ", ".join(mounted))
@@ -110,6 +123,22 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         ip_port = await super().start()
         self.emit_progress(70, "Server process started; waiting for JupyterLab to answer")
         return ip_port
+
+    def prepare_course(self) -> str:
+        """The student's home with the course notebooks (git courses: pulled by the server)."""
+        assert self.selection is not None and self.selection.session is not None
+        session = self.selection.session
+        home = Path(self.home_dir)
+        home.mkdir(parents=True, exist_ok=True)
+        notebooks = session.notebooks
+        if notebooks is None:
+            return "Home ready"
+        if notebooks.git is not None:
+            return f"Course notebooks: pulled from {notebooks.git.repo} when JupyterLab opens"
+        copied = hand_out(Path(self.course_notebooks_root) / notebooks.folder,
+                          home / teaching_course_dir(session))
+        return (f"Course notebooks handed out: {len(copied)} new file(s) in ~/{teaching_course_dir(session)}"
+                if copied else f"Course notebooks already in ~/{teaching_course_dir(session)}")
 
     def prepare_workspace(self) -> None:
         """Home, the project's shared workspace linked into it, and the starter notebooks."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.utils import maybe_future
-from traitlets import Callable, Float, HasTraits, Unicode, default
+from traitlets import Bool, Callable, Float, HasTraits, Unicode, default
 
 from hub_config.loader import cached_config
 from hub_config.model import Profile, WorkbenchConfig
@@ -22,10 +22,18 @@ from hub_config.storage import StorageLayout, default_data_dir
 from services.quota.accounts import project_accounts
 from services.quota.errors import QuotaError
 from services.quota.spawning import SpawnQuota
+from services.teaching import rules as teaching
+from services.teaching.quota import account_of
 
 from .errors import spawn_error
 from .form import options_from_formdata, render_options_form
-from .selection import Selection, SelectionRefused, choices_for, resolve_selection
+from .selection import (
+    Selection,
+    SelectionRefused,
+    choices_for,
+    resolve_selection,
+    selection_from_state,
+)
 
 STATE_VERSION = 2  # 2: adds the quota allocation id
 
@@ -97,6 +105,15 @@ class WorkbenchSpawnerMixin(HasTraits):
         that died mid-spawn) is released after this time by the quota service.""",
     )
 
+    busy_kernels_are_active = Bool(
+        True,
+        config=True,
+        help="""Load the server extension ``extensions.busy_activity``: a busy kernel counts
+        as activity, so the hub's idle culler never stops a server mid-computation. The
+        server's environment must have the workbench package (the local spawner's does; a
+        Nomad or Docker image must include it, or set this to False).""",
+    )
+
     slow_spawn_message_after = Float(
         20.0,
         config=True,
@@ -119,6 +136,10 @@ class WorkbenchSpawnerMixin(HasTraits):
     def today(self) -> dt.date:
         return dt.date.today()
 
+    def now(self) -> dt.datetime:
+        """The time teaching-session windows are checked against (aware)."""
+        return dt.datetime.now(dt.timezone.utc)
+
     def profile_unavailable(self, profile: Profile) -> str | None:
         """Why this hub cannot run ``profile`` (e.g. no GPUs on a local hub); None if it can."""
         return None
@@ -135,6 +156,9 @@ class WorkbenchSpawnerMixin(HasTraits):
     # Checks before start (form and REST API alike) --------------------------------------------
     def run_pre_spawn_hook(self):  # noqa: ANN201 - JupyterHub's signature
         self.selection = self.check_selection(self.user_options or {})
+        self._record_resolved_options(self.selection)
+        self._set_default_url(self.selection)
+        self._set_access_scopes(self.selection)
         profile = self.selection.profile
         self.mem_limit = profile.memory
         self.cpu_limit = profile.cpu
@@ -151,13 +175,61 @@ class WorkbenchSpawnerMixin(HasTraits):
 
     def check_selection(self, user_options: dict[str, Any]) -> Selection:
         try:
-            selection = resolve_selection(self.workbench, self.user.name, user_options, self.today())
+            selection = resolve_selection(
+                self.workbench, self.user.name, user_options, self.today(), now=self.now()
+            )
         except SelectionRefused as refusal:
             raise spawn_error(refusal.message, reason=refusal.reason, status_code=400) from None
         why_not = self.profile_unavailable(selection.profile)
         if why_not:
             raise spawn_error(why_not, reason="profile_unavailable", status_code=400)
         return selection
+
+    def _record_resolved_options(self, selection: Selection) -> None:
+        """Options left implicit (one project, the default profile, a student's session)
+        are saved as chosen: the idle culler, the admin page and a restart read them."""
+        resolved = {"project": selection.project.id, "profile": selection.profile.slug}
+        if (self.user_options or {}) == resolved:  # type: ignore[has-type]
+            return
+        self.user_options = resolved
+        orm_spawner = getattr(self, "orm_spawner", None)
+        if orm_spawner is not None:
+            orm_spawner.user_options = resolved
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()  # type: ignore[misc]
+        if self.busy_kernels_are_active:
+            args.append("--ServerApp.jpserver_extensions=extensions.busy_activity=True")
+        return args
+
+    def _set_default_url(self, selection: Selection) -> None:
+        """A teaching session's server opens on the course notebook (or nbgitpuller's pull)."""
+        if not hasattr(self, "_workbench_default_url"):
+            self._workbench_default_url = self.default_url  # type: ignore[has-type]
+        session = selection.session
+        self.default_url = (
+            teaching.course_url(session) if session and session.notebooks
+            else self._workbench_default_url
+        )
+
+    def _set_access_scopes(self, selection: Selection) -> None:
+        """A student's session server also accepts ``access:servers!group=<session group>``:
+        the scope the session's teachers hold. A server checks a visitor's token on its own
+        and cannot resolve a group filter to its user, so it must be told the group scope
+        (as JupyterHub's RBAC documentation advises). Other students do not hold that scope."""
+        if not hasattr(self, "_workbench_access_scopes"):
+            self._workbench_access_scopes = list(self.oauth_access_scopes)  # type: ignore[has-type]
+        scopes = list(self._workbench_access_scopes)
+        session = selection.session
+        if session is not None and self.user.name in session.students:  # type: ignore[attr-defined]
+            scopes.append(f"access:servers!group={session.group}")
+        self.oauth_access_scopes = scopes
+
+    def dataset_messages(self) -> list[str]:
+        """Progress lines for the requested datasets this server does not get, and why."""
+        if self.selection is None:
+            return []
+        return [status.message for status in self.selection.refused_datasets]
 
     # Quota: reserve before start, account from start to stop --------------------------------
     @property
@@ -170,7 +242,8 @@ class WorkbenchSpawnerMixin(HasTraits):
         """Reserve the profile's GPUs and cores against the project's budget, or refuse."""
         assert self.quota is not None and self.selection is not None
         project, profile = self.selection.project, self.selection.profile
-        account = project_accounts(self.workbench)[project.id]
+        session = self.selection.session
+        account = account_of(session) if session else project_accounts(self.workbench)[project.id]
         self._quota_stop_requested = False
         try:
             self.quota_allocation = await self.quota.reserve(
@@ -262,6 +335,8 @@ class WorkbenchSpawnerMixin(HasTraits):
             # at the server's jupyter-server-proxy, behind the hub's login.
             "DASK_DISTRIBUTED__DASHBOARD__LINK": "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status",
         }
+        if self.selection.session is not None:
+            env["WORKBENCH_SESSION"] = self.selection.session.id
         if self.gateway_url:
             env["WORKBENCH_GATEWAY_URL"] = self.gateway_url
         return env
@@ -331,12 +406,11 @@ class WorkbenchSpawnerMixin(HasTraits):
         self.quota_allocation = allocation if isinstance(allocation, str) else None
         # A server that is already running keeps its project even if the approval lapsed
         # since; the next start is checked again.
-        config = self.workbench
-        project = config.project(str(saved.get("project")))
-        profile = config.profile(str(saved.get("profile")))
-        if project is not None and profile is not None:
-            datasets = tuple(d for d in (config.dataset(i) for i in project.datasets) if d)
-            self.selection = Selection(project, profile, datasets)
+        selection = selection_from_state(
+            self.workbench, str(saved.get("project")), str(saved.get("profile")), self.today()
+        )
+        if selection is not None:
+            self.selection = selection
         else:
             self.log.warning(  # type: ignore[attr-defined]
                 "saved workbench state of %s names project %r / profile %r, no longer configured",
@@ -356,7 +430,12 @@ class WorkbenchSpawnerMixin(HasTraits):
 
 async def _render_form(spawner: WorkbenchSpawnerMixin) -> str:
     config = spawner.workbench
-    choices = choices_for(config, spawner.user.name, spawner.today())  # type: ignore[attr-defined]
+    choices = choices_for(config, spawner.user.name, spawner.today(), spawner.now())  # type: ignore[attr-defined]
+    usable = [c for c in choices if c.unavailable is None]
+    if len(usable) == 1 and all(c.session is not None for c in choices):
+        # A student (or teacher) whose one choice is the session: no form, straight to the
+        # course notebook (the hub spawns with default options when the form is empty).
+        return ""
     notes: dict[str, list[str]] = {}
     if spawner.project_notes_hook is not None:
         try:

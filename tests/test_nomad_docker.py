@@ -110,7 +110,9 @@ async def test_real_dockerspawner_gets_the_settings(tmp_path: Path) -> None:
         "  - {id: magi, title: MAGI, members: [anna], datasets: [scans],\n"
         "     approval: {reference: R-1, expires: 2030-01-01}}\n"
         "datasets:\n"
-        "  - {id: scans, title: Scans, path: datasets/scans}\n"
+        "  - {id: scans, title: Scans, path: datasets/scans, owner: Radiology, kind: imaging,\n"
+        "     sensitivity: pseudonymised, legal_basis: GDPR 6(1)(e),\n"
+        "     approval: {reference: DUA-1, expires: 2030-01-01}, projects: [magi]}\n"
     )
     spawner = WorkbenchDockerSpawner(
         user=types.SimpleNamespace(name="anna", url="/user/anna/", escaped_name="anna", id=1),

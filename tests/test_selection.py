@@ -32,7 +32,9 @@ projects:
     members: [cy]
     approval: {reference: REF-G, expires: 2030-01-31}
 datasets:
-  - {id: scans, title: Scans, path: datasets/scans}
+  - {id: scans, title: Scans, path: datasets/scans, owner: Radiology, kind: imaging,
+     sensitivity: pseudonymised, legal_basis: GDPR 6(1)(e) and 9(2)(j),
+     approval: {reference: DUA-1, expires: 2030-01-31}, projects: [alpha]}
 """
 )
 TODAY = dt.date(2026, 12, 3)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from hub_config.model import Dataset, Profile, Project
@@ -250,10 +250,14 @@ def volumes(
     if settings.dataset:
         for dataset in spec.datasets:
             ds_fields = {**fields, "dataset": dataset.id}
+            rule = settings.dataset
+            if dataset.volume is not None:
+                # The catalogue names the volume that holds this dataset.
+                rule = replace(rule, type=dataset.volume.type, source=dataset.volume.source)
             wanted.append(
                 (
                     f"dataset-{dataset.id}",
-                    settings.dataset,
+                    rule,
                     ds_fields,
                     True,
                     "multi-node-reader-only",

@@ -430,6 +430,8 @@ class NomadSpawnerBase(Spawner):
     # Spawner contract -----------------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
         selection = self.selection_for_start()
+        for message in getattr(self, "dataset_messages", list)():
+            self._progress_hook(8, message)  # requested datasets left out, and why
         settings = self.job_settings()
         spec = ServerSpec(
             username=self.user.name,

@@ -1,0 +1,1 @@
+"""Teaching sessions: pure window and access rules, hub roles and groups, the reconciler."""
