@@ -1,0 +1,1 @@
+"""The data egress airlock: export requests, identifier checks, steward review, audit."""

@@ -1,0 +1,5 @@
+"""``python -m services.airlock``: run the airlock (page, API) under JupyterHub."""
+
+from .app import main
+
+main()
