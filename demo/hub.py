@@ -51,6 +51,7 @@ class HubProcess:
     proxy_api_port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
     quota_port: int = field(default_factory=free_port)
+    airlock_port: int = field(default_factory=free_port)
     extra_config: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
@@ -70,6 +71,7 @@ class HubProcess:
             WORKBENCH_PROXY_API_PORT=str(self.proxy_api_port),
             WORKBENCH_GATEWAY_PORT=str(self.gateway_port),
             WORKBENCH_QUOTA_PORT=str(self.quota_port),
+            WORKBENCH_AIRLOCK_PORT=str(self.airlock_port),
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
             PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         )

@@ -123,6 +123,14 @@ def _print_logins(url: str, config, passwords: dict[str, str]) -> None:  # noqa:
             continue
         shown.add(member)
         print(f"    {member:<8} password {passwords['user']:<16} project {project.id} ({project.title})")
+    for steward in config.data_stewards:
+        print(f"    {steward:<8} password {passwords['user']:<16} data steward (export airlock)")
+    for session in config.teaching:
+        for teacher in session.teachers[:1]:
+            print(f"    {teacher:<8} password {passwords['user']:<16} teacher of {session.id}")
+        for student in session.students[:1]:
+            print(f"    {student:<8} password {passwords['user']:<16} student of {session.id} "
+                  "(inside the session's window)")
     for admin in config.admins:
         print(f"    {admin:<8} password {passwords['admin']}  (admin)")
     print("\n  Ctrl-C stops the hub, the gateway, the servers and Orthanc.\n", flush=True)

@@ -12,6 +12,10 @@ the demo, CI and a region deployment comes from the environment:
   WORKBENCH_QUOTA_PORT      the quota service's port (default 8091)
   WORKBENCH_QUOTA_DB        the quota ledger's SQLAlchemy URL (default: SQLite in the data dir;
                             'postgresql://user:pw@host/db' for PostgreSQL); WORKBENCH_QUOTA=0 is off
+  WORKBENCH_AIRLOCK_PORT    the data egress airlock service's port (default 8092)
+  WORKBENCH_IDLE_TIMEOUT    idle-culler timeout in seconds for profiles without
+                            idle_timeout_minutes (default 3600; 0 turns culling off)
+  WORKBENCH_TEACHING_INTERVAL  seconds between the teaching reconciler's rounds (default 30)
   WORKBENCH_SPAWNER         'local' (default) or 'nomad'
   WORKBENCH_PASSWORD_FILE   demo passwords: 'user:<pw>' and 'admin:<pw>' lines
   WORKBENCH_EXTRA_CONFIG    a further config file loaded last (identity provider, Nomad, TLS)
@@ -187,6 +191,96 @@ if os.environ.get("WORKBENCH_QUOTA", "1") != "0":
         "JUPYTER_PATH": _prepend("JUPYTER_PATH", jupyter_data_dir()),
         "JUPYTER_CONFIG_PATH": _prepend("JUPYTER_CONFIG_PATH", jupyter_config_dir()),
     })
+
+# The data catalogue's airlock (services/airlock): export requests from the project workspace,
+# identifier checks, review by the YAML's data stewards, delivery to $WORKBENCH_DATA_DIR/egress,
+# all audited. Everyone may open it; reviewing needs the custom scope the stewards get.
+from services.airlock.app import REVIEW_SCOPE  # noqa: E402
+
+airlock_port = _port("WORKBENCH_AIRLOCK_PORT", 8092)
+c.JupyterHub.custom_scopes.update({
+    REVIEW_SCOPE: {"description": "Approve or reject data export requests (data stewards)."},
+})
+c.JupyterHub.services.append(
+    {
+        "name": "airlock",
+        "display": True,
+        "url": f"http://127.0.0.1:{airlock_port}",
+        "command": [PY, "-m", "services.airlock"],
+        "cwd": str(ROOT),
+        "environment": {
+            "WORKBENCH_CONFIG": WORKBENCH_YAML,
+            "WORKBENCH_DATA_DIR": str(data_dir),
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        },
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": [REVIEW_SCOPE],
+    }
+)
+stewards = set(workbench.data_stewards).union(*(p.stewards for p in workbench.projects))
+c.JupyterHub.load_roles.append(
+    {"name": "airlock-steward", "users": sorted(stewards), "scopes": [REVIEW_SCOPE]}
+)
+for role in c.JupyterHub.load_roles:
+    if role["name"] in {"user", "server"}:
+        role["scopes"].append("access:services!service=airlock")
+c.Spawner.environment.update({"WORKBENCH_AIRLOCK_URL": f"{public_url}/services/airlock/"})
+
+# Teaching sessions (services/teaching): a group per session holding its students, a role per
+# session giving its teachers their students' servers and nothing else; the reconciler keeps
+# the groups and stops the servers at the end of each window. Login follows the window
+# (hub_config/auth.py); refreshed every auth_refresh_age seconds.
+import datetime as _dt  # noqa: E402
+
+from services.teaching.rules import hub_groups, hub_roles  # noqa: E402
+
+c.JupyterHub.load_groups = hub_groups(workbench, _dt.datetime.now(_dt.timezone.utc))
+c.JupyterHub.load_roles += hub_roles(workbench)
+c.Authenticator.auth_refresh_age = 120
+c.JupyterHub.services.append(
+    {
+        "name": "teaching",
+        "command": [PY, "-m", "services.teaching"],
+        "cwd": str(ROOT),
+        "environment": {
+            "WORKBENCH_CONFIG": WORKBENCH_YAML,
+            "WORKBENCH_DATA_DIR": str(data_dir),
+            "WORKBENCH_TEACHING_INTERVAL": os.environ.get("WORKBENCH_TEACHING_INTERVAL", "30"),
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        },
+    }
+)
+c.JupyterHub.load_roles.append(
+    {
+        "name": "teaching-service",
+        "services": ["teaching"],
+        "scopes": ["list:users", "read:users", "read:servers", "servers", "list:groups", "groups"],
+    }
+)
+
+# Idle culling (services/culler): jupyterhub-idle-culler with each profile's
+# idle_timeout_minutes; servers load extensions.busy_activity, so a busy kernel counts as
+# activity and is never culled mid-computation.
+idle_timeout = int(os.environ.get("WORKBENCH_IDLE_TIMEOUT", "3600"))
+if idle_timeout > 0:
+    c.JupyterHub.services.append(
+        {
+            "name": "idle-culler",
+            "command": [PY, "-m", "services.culler", f"--timeout={idle_timeout}"],
+            "cwd": str(ROOT),
+            "environment": {
+                "WORKBENCH_CONFIG": WORKBENCH_YAML,
+                "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+            },
+        }
+    )
+    c.JupyterHub.load_roles.append(
+        {
+            "name": "idle-culler",
+            "services": ["idle-culler"],
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        }
+    )
 
 extra = os.environ.get("WORKBENCH_EXTRA_CONFIG")
 if extra:

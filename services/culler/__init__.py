@@ -1,0 +1,1 @@
+"""Idle culling: jupyterhub-idle-culler with per-profile timeouts (see :mod:`.policy`)."""
