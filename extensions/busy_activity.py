@@ -8,19 +8,27 @@ marks the server active (``busy_kernels_last_activity``, a setting that
 idle culling never stops a server whose kernel is working. A kernel stuck busy forever keeps
 its server alive: the quota service's budget enforcement is what ends that.
 
-Loaded by the workbench spawners with ``--ServerApp.jpserver_extensions=extensions.busy_activity=True``.
+The workbench spawners enable it by putting :func:`jupyter_config_dir` first on the server's
+``JUPYTER_CONFIG_PATH`` (a path that does not exist, as in a container image without this
+checkout, is skipped by Jupyter: such images enable the extension in their own config).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 from typing import Any
 
 from tornado.ioloop import PeriodicCallback
 
 SETTING = "busy_kernels_last_activity"
 INTERVAL_ENV = "WORKBENCH_BUSY_CHECK_SECONDS"
+
+
+def jupyter_config_dir() -> Path:
+    """A Jupyter config directory whose ``jupyter_server_config.d`` enables this extension."""
+    return Path(__file__).resolve().parent / "busy_activity_config"
 
 
 def busy_kernels(kernel_manager: Any) -> list[str]:

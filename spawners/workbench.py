@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from jupyterhub.utils import maybe_future
 from traitlets import Bool, Callable, Float, HasTraits, Unicode, default
 
+from extensions import busy_activity
 from hub_config.loader import cached_config
 from hub_config.model import Profile, WorkbenchConfig
 from hub_config.storage import StorageLayout, default_data_dir
@@ -108,10 +110,11 @@ class WorkbenchSpawnerMixin(HasTraits):
     busy_kernels_are_active = Bool(
         True,
         config=True,
-        help="""Load the server extension ``extensions.busy_activity``: a busy kernel counts
-        as activity, so the hub's idle culler never stops a server mid-computation. The
-        server's environment must have the workbench package (the local spawner's does; a
-        Nomad or Docker image must include it, or set this to False).""",
+        help="""Enable the server extension ``extensions.busy_activity`` (through
+        JUPYTER_CONFIG_PATH): a busy kernel counts as activity, so the hub's idle culler never
+        stops a server mid-computation. Needs the workbench package in the server's
+        environment (the local spawner's has it); a container image without this checkout
+        skips the path and must enable the extension in its own Jupyter config.""",
     )
 
     slow_spawn_message_after = Float(
@@ -195,12 +198,6 @@ class WorkbenchSpawnerMixin(HasTraits):
         orm_spawner = getattr(self, "orm_spawner", None)
         if orm_spawner is not None:
             orm_spawner.user_options = resolved
-
-    def get_args(self) -> list[str]:
-        args = super().get_args()  # type: ignore[misc]
-        if self.busy_kernels_are_active:
-            args.append("--ServerApp.jpserver_extensions=extensions.busy_activity=True")
-        return args
 
     def _set_default_url(self, selection: Selection) -> None:
         """A teaching session's server opens on the course notebook (or nbgitpuller's pull)."""
@@ -316,6 +313,10 @@ class WorkbenchSpawnerMixin(HasTraits):
     def get_env(self) -> dict[str, str]:
         env = super().get_env()  # type: ignore[misc]
         env.update(self.workbench_env())
+        if self.busy_kernels_are_active:
+            env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+                filter(None, [str(busy_activity.jupyter_config_dir()), env.get("JUPYTER_CONFIG_PATH")])
+            )
         return env
 
     def workbench_env(self) -> dict[str, str]:
