@@ -50,11 +50,16 @@ class RemoteDouble:
             text=True,
         )
         assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        if not line.startswith("NOMAD_ADDR="):
-            process.kill()
-            raise RuntimeError(f"the double did not start: {line!r}")
-        return cls(process, line.split("=", 1)[1])
+        said = []
+        for _ in range(20):  # notices (e.g. "request validation skipped") come first
+            line = process.stdout.readline().strip()
+            if line.startswith("NOMAD_ADDR="):
+                return cls(process, line.split("=", 1)[1])
+            said.append(line)
+            if not line and process.poll() is not None:
+                break
+        process.kill()
+        raise RuntimeError(f"the double did not start: {' | '.join(said)!r}")
 
     def timeline(self, alloc_id: str) -> dict[str, float]:
         return httpx.get(f"{self.address}/_double/timeline/{alloc_id}").json()
