@@ -143,7 +143,12 @@ if os.environ.get("WORKBENCH_QUOTA", "1") != "0":
     quota_port = _port("WORKBENCH_QUOTA_PORT", 8091)
     c.Spawner.quota_db_url = quota_db
     c.Spawner.project_notes_hook = project_notes
-    c.JupyterHub.template_vars = {"announcement": HubAnnouncement(quota_db, WORKBENCH_YAML)}
+    # Teaching sessions are charged as accounts 'session:<id>' with their window budgets.
+    from services.teaching.quota import teaching_accounts
+
+    c.JupyterHub.template_vars = {
+        "announcement": HubAnnouncement(quota_db, WORKBENCH_YAML, extra_accounts=teaching_accounts),
+    }
     c.JupyterHub.custom_scopes = {
         ADMIN_SCOPE: {"description": "See every project's compute usage and change budgets."},
     }
@@ -158,6 +163,7 @@ if os.environ.get("WORKBENCH_QUOTA", "1") != "0":
                 "WORKBENCH_CONFIG": WORKBENCH_YAML,
                 "WORKBENCH_DATA_DIR": str(data_dir),
                 "WORKBENCH_QUOTA_DB": quota_db,
+                "WORKBENCH_QUOTA_EXTRA_ACCOUNTS": "services.teaching.quota:teaching_accounts",
                 "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
                 **{k: v for k, v in os.environ.items() if k.startswith("WORKBENCH_QUOTA_")},
             },
