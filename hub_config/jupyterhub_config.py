@@ -92,27 +92,31 @@ else:
     c.LocalWorkbenchSpawner.local_gpus = int(os.environ.get("WORKBENCH_LOCAL_GPUS", "0"))
 c.Spawner.workbench_config_file = WORKBENCH_YAML
 c.Spawner.data_dir = str(data_dir)
-c.Spawner.gateway_url = f"{public_url}/services/sample-gateway/"
+c.Spawner.gateway_url = f"{public_url}/services/sample-gateway/" if workbench.archive else ""
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 60
 c.Spawner.env_keep = ["PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "JUPYTER_PATH"]
 
-# The sample gateway: the only part that holds the archive connection.
-c.JupyterHub.services = [
-    {
-        "name": "sample-gateway",
-        "display": False,
-        "url": f"http://127.0.0.1:{gateway_port}",
-        "command": [PY, "-m", "services.sample_gateway"],
-        "cwd": str(ROOT),
-        "environment": {
-            "WORKBENCH_CONFIG": WORKBENCH_YAML,
-            "WORKBENCH_DATA_DIR": str(data_dir),
-            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-        },
-        "oauth_no_confirm": True,
-    }
-]
+# The sample gateway: the only part that holds the archive connection (none without one).
+c.JupyterHub.services = []
+gateway_scopes = []
+if workbench.archive is not None:
+    c.JupyterHub.services.append(
+        {
+            "name": "sample-gateway",
+            "display": False,
+            "url": f"http://127.0.0.1:{gateway_port}",
+            "command": [PY, "-m", "services.sample_gateway"],
+            "cwd": str(ROOT),
+            "environment": {
+                "WORKBENCH_CONFIG": WORKBENCH_YAML,
+                "WORKBENCH_DATA_DIR": str(data_dir),
+                "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+            },
+            "oauth_no_confirm": True,
+        }
+    )
+    gateway_scopes = ["access:services!service=sample-gateway"]
 c.JupyterHub.load_roles = [
     {
         # Tokens of user servers: their own activity and the gateway, nothing else.
@@ -120,12 +124,12 @@ c.JupyterHub.load_roles = [
         "scopes": [
             "users:activity!user",
             "access:servers!server",
-            "access:services!service=sample-gateway",
+            *gateway_scopes,
         ],
     },
     {
         "name": "user",
-        "scopes": ["self", "access:services!service=sample-gateway"],
+        "scopes": ["self", *gateway_scopes],
     },
 ]
 

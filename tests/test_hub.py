@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from demo.hub import HUB_CONFIG
+from demo.hub import HUB_CONFIG, HubProcess
 from spawners.workbench import STATE_VERSION
 from tests.fixtures.workbench import RunningHub
 
@@ -190,3 +190,16 @@ def test_hub_restart_keeps_running_servers_and_their_project(hub: RunningHub) ->
     status = httpx.get(f"{hub.url}/user/bo/api/status", headers={"Authorization": f"token {hub.token}"})
     assert status.status_code == 200
     stop(hub, "bo")
+
+
+def test_hub_without_an_archive_runs_without_the_gateway(tmp_path: Path) -> None:
+    yaml_path = tmp_path / "workbench.yaml"
+    yaml_path.write_text("profiles:\n  - {slug: s, name: S, cpu: 1, memory: 1G}\n")
+    process = HubProcess(data_dir=tmp_path / "data", workbench_yaml=yaml_path)
+    process.start(timeout=90)
+    try:
+        assert httpx.get(f"{process.url}/hub/api/").status_code == 200
+        # No such service: the proxy has no route, so the hub answers (a redirect), not a gateway.
+        assert httpx.get(f"{process.url}/services/sample-gateway/api/health").status_code in (302, 404)
+    finally:
+        process.stop()

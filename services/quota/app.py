@@ -52,6 +52,7 @@ from tornado.httpserver import HTTPServer
 
 from hub_config.loader import cached_config
 from hub_config.model import Budget, WorkbenchConfig
+from services.managed import is_managed, stop_when_orphaned
 
 from .accounts import Account, all_accounts
 from .budgets import (
@@ -543,21 +544,10 @@ async def _serve(prefix: str, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(_stop_when_orphaned(stop)) if os.environ.get("JUPYTERHUB_SERVICE_NAME") else None
+    watcher = asyncio.create_task(stop_when_orphaned(stop, "quota service")) if is_managed() else None
     await enforcer.run(stop)
     if watcher is not None:
         watcher.cancel()
     server.stop()
     if hub is not None:
         await hub.aclose()
-
-
-async def _stop_when_orphaned(stop: asyncio.Event, every: float = 2.0) -> None:
-    """A managed service whose hub died (a crash skips the hub's clean-up) stops too: the
-    restarted hub starts a fresh one on the same port, which an orphan would keep."""
-    parent = os.getppid()
-    while not stop.is_set():
-        await asyncio.sleep(every)
-        if os.getppid() != parent:
-            log.warning("the hub (pid %d) is gone; the quota service stops with it", parent)
-            stop.set()

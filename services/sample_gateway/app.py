@@ -30,6 +30,8 @@ from pydantic import ValidationError
 from tornado import web
 from tornado.httpserver import HTTPServer
 
+from services.managed import is_managed, stop_when_orphaned
+
 from .errors import BadRequest, GatewayError
 from .gateway import Gateway, build_gateway
 from .queries import StudyCriteria
@@ -207,7 +209,10 @@ async def _serve(prefix: str, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(stop_when_orphaned(stop, "sample gateway")) if is_managed() else None
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     server.stop()
     await asyncio.gather(warm, return_exceptions=True)
     await gateway.aclose()
