@@ -37,6 +37,7 @@ from tornado.httpserver import HTTPServer
 from datasets_mount import catalogue
 from hub_config.loader import cached_config
 from hub_config.storage import StorageLayout, default_data_dir
+from services.managed import is_managed, stop_when_orphaned
 
 from .airlock import Airlock
 from .errors import AirlockError, Forbidden, Invalid, Unauthenticated
@@ -291,5 +292,8 @@ async def _serve(prefix: str, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(stop_when_orphaned(stop, "airlock")) if is_managed() else None
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     server.stop()

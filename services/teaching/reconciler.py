@@ -30,6 +30,7 @@ import httpx
 
 from hub_config.loader import cached_config
 from hub_config.model import WorkbenchConfig
+from services.managed import is_managed, stop_when_orphaned
 
 from .rules import group_members, window_state
 
@@ -198,7 +199,10 @@ async def _serve() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("teaching reconciler: a round every %g s", interval)
+    watcher = asyncio.create_task(stop_when_orphaned(stop, "teaching")) if is_managed() else None
     try:
         await run(hub, lambda: cached_config(log=log), stop, interval)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await hub.aclose()
