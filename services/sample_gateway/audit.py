@@ -18,6 +18,14 @@ base64-encoded, and a copy in ``<audit file>.torn-<time>``): nothing is lost, th
 stays verifiable, and the repair is itself in the chain and in the gateway log. A torn line
 that is a complete, correctly chained record missing only its line end is kept and ended.
 
+What the chain does and does not prove: it catches any edit, removal or reordering made
+without recomputing the hashes after it. Someone who can write the gateway's private folder
+can rewrite the whole chain, or cut its end off, and it would still verify. Anchors catch
+that: the gateway logs every record's sequence number and full hash (the region's log
+shipping keeps them elsewhere), and ``verify --anchor SEQ:HASH`` (repeatable) checks the
+file against them; ``verify`` prints the head to record after each check. Duplicate keys
+in a record (which ``grep`` and a JSON parser read differently) are refused.
+
 Anything else that is wrong (a complete last line that is not a record, a chain that does
 not fit) cannot come from an interrupted write: appends then fail closed with
 :class:`.errors.AuditUnavailable` (HTTP 503) and the gateway does nothing that would need an
@@ -26,6 +34,7 @@ audit record until an admin has looked (``verify`` names the line).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import datetime as dt
 import fcntl
@@ -34,7 +43,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -222,6 +231,7 @@ class Verification:
     records: int
     first_bad: int | None = None
     problem: str = ""
+    head: str = field(default="", compare=False)  # "SEQ:HASH" of the last record
 
     def __str__(self) -> str:
         if self.ok:
@@ -229,7 +239,22 @@ class Verification:
         return f"audit chain broken at record {self.first_bad}: {self.problem}"
 
 
-def verify(path: Path) -> Verification:
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _strict_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    record: dict[str, object] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
+
+
+def verify(path: Path, anchors: dict[int, str] | None = None) -> Verification:
+    """Check the chain; ``anchors`` maps sequence numbers to hashes recorded elsewhere."""
+    anchors = dict(anchors or {})
     previous = GENESIS
     count = 0
     with open(path, encoding="ascii", errors="replace") as handle:
@@ -237,7 +262,10 @@ def verify(path: Path) -> Verification:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, object_pairs_hook=_strict_object)
+            except _DuplicateKey as duplicate:
+                return Verification(False, count, line_number,
+                                    f"the key {duplicate} appears twice (a forged line)")
             except json.JSONDecodeError:
                 record = None
             if not isinstance(record, dict):
@@ -259,22 +287,44 @@ def verify(path: Path) -> Verification:
                 return Verification(False, count, line_number, "does not follow the record before it")
             if record.get("hash") != record_hash(record):
                 return Verification(False, count, line_number, "content changed after it was written")
+            expected_hash = anchors.pop(expected_seq, None)
+            if expected_hash is not None and expected_hash != record["hash"]:
+                return Verification(False, count, line_number,
+                                    "does not match the anchor recorded for it (the chain was rewritten)")
             previous = record["hash"]
             count += 1
-    return Verification(True, count)
+    if anchors:
+        missing = min(anchors)
+        return Verification(False, count, None,
+                            f"record {missing} of the anchors is missing (the file was cut short)")
+    return Verification(True, count, head=f"{count}:{previous}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "verify":
-        print("usage: python -m services.sample_gateway.audit verify AUDIT_FILE", file=sys.stderr)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.sample_gateway.audit",
+        description="Verify the sample gateway's hash-chained audit file.",
+    )
+    parser.add_argument("command", choices=["verify"])
+    parser.add_argument("audit_file", type=Path)
+    parser.add_argument("--anchor", action="append", default=[], metavar="SEQ:HASH",
+                        help="a record's hash as the gateway log recorded it (repeatable)")
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        anchors = {int(seq): digest for seq, digest in (a.split(":", 1) for a in args.anchor)}
+    except SystemExit:
+        return 2
+    except ValueError:
+        print("an anchor is SEQ:HASH, e.g. 42:3f2a...", file=sys.stderr)
         return 2
     try:
-        result = verify(Path(args[1]))
+        result = verify(args.audit_file, anchors)
     except OSError as exc:
         print(f"cannot read the audit file: {exc}", file=sys.stderr)
         return 2
     print(result)
+    if result.ok and result.head:
+        print(f"head (record it as an anchor): {result.head}")
     return 0 if result.ok else 1
 
 

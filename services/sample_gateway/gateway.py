@@ -396,7 +396,9 @@ class Gateway:
 
     def _audit(self, actor: str, project: str, action: str, **details: Any) -> None:
         record = self.audit.append({"actor": actor, "project": project, "action": action, **details})
-        log.info("audit %s #%s %s by %s in %s: %s", record["hash"][:12], record["seq"], action,
+        # The anchor (sequence and full hash) lets `audit verify --anchor` detect a rewritten
+        # or shortened chain from the log, which the region ships elsewhere.
+        log.info("audit anchor %s:%s (%s by %s in %s: %s)", record["seq"], record["hash"], action,
                  actor, project, details.get("outcome"))
 
 
