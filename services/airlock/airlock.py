@@ -25,10 +25,9 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from hub_config.model import WorkbenchConfig
@@ -36,7 +35,7 @@ from hub_config.storage import StorageLayout
 from services.sample_gateway.audit import AuditLog
 from services.sample_gateway.errors import GatewayError
 
-from . import checks
+from . import checks, workspace
 from .errors import AuditDown, Conflict, Forbidden, Invalid, NotFound
 from .records import Delivery, ExportFile, ExportRequest, RequestStore, Review
 
@@ -92,16 +91,20 @@ class Airlock:
                             reason="not_member")
         if not paths:
             raise Invalid("Name at least one file or folder of the project workspace to export.")
-        workspace = self.storage.project_dir(project.id).resolve()
-        files = self._expand(workspace, paths)
         request_id = f"{self.clock():%Y%m%d}-{secrets.token_hex(4)}"
         staging = self.root / "staging" / request_id
+        # Listing and copying both go through descriptors under this one (see .workspace):
+        # nothing in the workspace can be swapped for a link between the check and the copy.
+        root_fd = workspace.open_root(self.storage.project_dir(project.id).resolve())
         try:
-            staged = self._stage(workspace, files, staging)
-            findings = [f for rel, _ in files for f in checks.check_file(staging / rel, rel)]
+            files = self._expand(root_fd, paths)
+            staged = self._stage(root_fd, files, staging)
+            findings = [f for item in staged for f in checks.check_file(staging / item.path, item.path)]
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            os.close(root_fd)
         refused = checks.refusals(findings)
         record = ExportRequest(
             id=request_id, project=project.id, requester=user, note=note[:2000],
@@ -122,61 +125,43 @@ class Airlock:
                  project.id, record.status, len(staged), len(findings))
         return record
 
-    def _expand(self, workspace: Path, paths: list[str]) -> list[tuple[str, Path]]:
-        """(relative name, absolute path) of every regular file named, folders expanded."""
-        found: dict[str, Path] = {}
+    def _expand(self, root_fd: int, paths: list[str]) -> list[workspace.Entry]:
+        """Every regular file named (folders expanded), sorted; links, hard links, paths
+        outside the workspace and more than the limits are refused."""
+        found: dict[str, workspace.Entry] = {}
         for raw in paths:
-            relative = PurePosixPath(str(raw).strip().lstrip("/"))
-            if not str(raw).strip() or ".." in relative.parts or str(raw).startswith("/"):
-                raise Invalid(f"{raw!r}: give paths inside the project workspace, such as "
-                              "'results/table.csv'.", reason="bad_path")
-            path = workspace / relative
-            self._refuse_links(workspace, path, str(relative))
-            if path.is_dir():
-                for child in sorted(path.rglob("*")):
-                    rel = str(child.relative_to(workspace))
-                    self._refuse_links(workspace, child, rel)
-                    if child.is_file():
-                        found[rel] = child
-            elif path.is_file():
-                found[str(relative)] = path
-            else:
-                raise Invalid(f"{relative}: no such file or folder in the project workspace.",
-                              reason="bad_path")
+            for entry in workspace.list_files(root_fd, workspace.parts_of(raw), self.limits.max_files):
+                found[entry.relative] = entry
             if len(found) > self.limits.max_files:
                 raise Invalid(f"An export holds at most {self.limits.max_files} files.",
                               reason="too_many_files")
-        total = sum(p.stat().st_size for p in found.values())
+        self._check_size(sum(e.size for e in found.values()))
+        return [found[name] for name in sorted(found)]
+
+    def _check_size(self, total: int) -> None:
         if total > self.limits.max_bytes:
             raise Invalid(f"An export holds at most {self.limits.max_bytes / 1024**3:.1f} GiB; "
                           f"these files are {total / 1024**3:.2f} GiB.", reason="too_large")
-        return sorted(found.items())
 
-    @staticmethod
-    def _refuse_links(workspace: Path, path: Path, relative: str) -> None:
-        current = workspace
-        for part in path.relative_to(workspace).parts:
-            current = current / part
-            if current.is_symlink():
-                raise Invalid(f"{relative}: links cannot be exported (export the file itself).",
-                              reason="link")
-
-    def _stage(self, workspace: Path, files: list[tuple[str, Path]], staging: Path) -> list[ExportFile]:
+    def _stage(self, root_fd: int, files: list[workspace.Entry], staging: Path) -> list[ExportFile]:
+        """Copy each file into staging, hashing the bytes copied from the one descriptor
+        that was opened (no link followed) and checked (regular, one hard link)."""
         staged = []
-        for relative, source in files:
-            target = staging / relative
+        total = 0
+        for entry in files:
+            target = staging / entry.relative
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             digest = hashlib.sha256()
             size = 0
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+            fd, _ = workspace.open_file(root_fd, workspace.parts_of(entry.relative))
             with os.fdopen(fd, "rb") as reader, open(target, "xb") as writer:
-                if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
-                    raise Invalid(f"{relative}: only regular files can be exported.", reason="bad_path")
                 while chunk := reader.read(1024 * 1024):
                     digest.update(chunk)
                     writer.write(chunk)
                     size += len(chunk)
-            staged.append(ExportFile(path=relative, size=size, sha256=digest.hexdigest()))
+                    self._check_size(total + size)  # grown since it was listed
+            total += size
+            staged.append(ExportFile(path=entry.relative, size=size, sha256=digest.hexdigest()))
         return staged
 
     # 3: review ------------------------------------------------------------------------------
@@ -311,17 +296,21 @@ class Airlock:
         if project is None or user not in project.members:
             raise Forbidden(f"You are not a member of a project called {project_id!r}.",
                             reason="not_member")
-        workspace = self.storage.project_dir(project.id)
+        root = self.storage.project_dir(project.id)
+        if not root.is_dir():
+            return []
         listed: list[dict[str, Any]] = []
-        for dirpath, dirnames, filenames in os.walk(workspace):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if path.is_symlink() or name.startswith("."):
-                    continue
-                listed.append({"path": str(path.relative_to(workspace)), "size": path.stat().st_size})
-                if len(listed) >= limit:
-                    return listed
+        root_fd = workspace.open_root(root.resolve())
+        try:
+            for kind, name, info in workspace.walk(root_fd, hidden=False):
+                if kind == "file":
+                    listed.append({"path": name, "size": info.st_size})
+                    if len(listed) >= limit:
+                        break
+        except Invalid:  # a folder swapped for a link while listed: list what was seen
+            pass
+        finally:
+            os.close(root_fd)
         return listed
 
     # Audit --------------------------------------------------------------------------------
