@@ -279,3 +279,22 @@ def test_random_sequences_on_sqlite(make_ledger_url: Callable[[str], str]) -> No
 
 def test_random_sequences_on_postgresql(make_ledger_url: Callable[[str], str]) -> None:
     _run_machine(lambda: make_ledger_url("postgresql"), examples=12, steps=25)
+
+
+def test_sqlite_ledger_is_private_to_the_hubs_user(tmp_path) -> None:  # noqa: ANN001
+    """Finding of an adversarial test: quota/ was 0755 and ledger.sqlite 0644 (who works on
+    which project, and when, readable by every local user)."""
+    folder = tmp_path / "data" / "quota"
+    ledger = Ledger(f"sqlite:///{folder / 'ledger.sqlite'}")
+    ledger.reserve(Claim("vision", "anna", gpus=0, cpu=1), None, now=MAY_2, ttl=600,
+                   account_label="Project vision")
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in [folder, *folder.iterdir()]}
+    ledger.dispose()
+    assert modes == {"quota": "0o700", "ledger.sqlite": "0o600", "ledger.sqlite-wal": "0o600",
+                     "ledger.sqlite-shm": "0o600"}
+    # A ledger left by an earlier version is narrowed when it is opened.
+    folder.chmod(0o755)
+    (folder / "ledger.sqlite").chmod(0o644)
+    Ledger(f"sqlite:///{folder / 'ledger.sqlite'}").dispose()
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert oct((folder / "ledger.sqlite").stat().st_mode & 0o777) == "0o600"

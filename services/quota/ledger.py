@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -258,7 +259,7 @@ class Ledger:
         if self.dialect == "sqlite":
             database = parsed.database or ""
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                _private_sqlite_file(Path(database))
             self.engine = create_engine(
                 self.url, connect_args={"check_same_thread": False, "timeout": 60}
             )
@@ -610,6 +611,43 @@ def _account_rows(session: Session, account: str, since: float) -> list[Allocati
             )
         )
     )
+
+
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """The SQLite ledger readable by the hub's user only: its folder 0700, the file 0600.
+
+    The file is created here with mode 0600 before SQLite opens it (an explicit mode is
+    the thread-safe form of a restrictive umask: the hub is multi-threaded and the umask
+    is per process); SQLite gives its -wal and -shm files the database file's mode. Files
+    and a folder left wider by earlier versions are narrowed; a folder that holds anything
+    besides the ledger is the operator's and only narrowed by them.
+    """
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    elif folder.stat().st_mode & 0o077 and _only_ledger_files(folder, path.name):
+        _narrow(folder, 0o700)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    for name in (path.name, *(path.name + side for side in _SQLITE_SIDE_FILES)):
+        if (folder / name).exists():
+            _narrow(folder / name, 0o600)
+
+
+def _only_ledger_files(folder: Path, name: str) -> bool:
+    allowed = {name, *(name + side for side in _SQLITE_SIDE_FILES)}
+    return all(entry.name in allowed for entry in folder.iterdir())
+
+
+def _narrow(path: Path, mode: int) -> None:
+    info = path.stat()
+    if info.st_mode & 0o777 & ~mode and info.st_uid == os.getuid():
+        path.chmod(mode)
 
 
 def _sqlite_connect(dbapi_connection: Any, _connection_record: Any) -> None:
