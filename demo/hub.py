@@ -6,6 +6,7 @@ The proxy answers on the public port before the hub is ready, so readiness means
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -17,9 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 HUB_CONFIG = ROOT / "hub_config" / "jupyterhub_config.py"
+
+
+def _end(processes: list[psutil.Process], grace: float = 5.0) -> None:
+    """Terminate what is still alive of ``processes``, then kill what ignores that."""
+    alive = [p for p in processes if p.is_running()]
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, stubborn = psutil.wait_procs(alive, timeout=grace)
+    for process in stubborn:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def free_port() -> int:
@@ -115,16 +129,28 @@ class HubProcess:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the hub's process group (hub, proxy, managed services, local servers)."""
+    def stop(self, timeout: float = 45.0) -> None:
+        """Stop the hub and everything it started, whatever state it is in.
+
+        SIGTERM lets the hub clean up (services, user servers, proxy). The proxy and the local
+        servers run in sessions of their own, so if the hub does not finish in time (a service
+        or a server slow to stop), every process it started is ended explicitly: nothing is
+        left holding a port or a GPU after Ctrl-C.
+        """
         if self.process is None or self.process.poll() is not None:
             return
+        try:
+            started = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
+        _end(started)
 
     def kill_hub_only(self) -> None:
         """Kill the hub process alone (proxy and servers stay): a crash, for restart tests."""

@@ -27,7 +27,9 @@ INTERVAL_ENV = "WORKBENCH_BUSY_CHECK_SECONDS"
 
 
 def jupyter_config_dir() -> Path:
-    """A Jupyter config directory whose ``jupyter_server_config.d`` enables this extension."""
+    """The workbench's Jupyter server config directory: ``jupyter_server_config.d`` enables
+    this extension and makes terminals plain interactive shells (a login shell would reset
+    PATH from /etc/profile and lose the workbench's Python)."""
     return Path(__file__).resolve().parent / "busy_activity_config"
 
 

@@ -95,6 +95,12 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         env["USER"] = self.user.name
         env["HOME"] = self.home_dir
         env["SHELL"] = "/bin/bash"
+        # The server's own environment first, so `python` in a terminal or a kernel is the
+        # workbench's Python whatever PATH the hub was started with.
+        python_bin = str(Path(self.cmd[0]).parent) if self.cmd else str(Path(sys.executable).parent)
+        path = env.get("PATH", "")
+        if python_bin not in path.split(os.pathsep):
+            env["PATH"] = os.pathsep.join(filter(None, [python_bin, path]))
         return env
 
     def move_certs(self, paths):  # noqa: ANN001, ANN201 - no internal SSL in local mode
