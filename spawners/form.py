@@ -45,6 +45,23 @@ _SCRIPT = """
 """
 
 
+# The hub's own Start button: nothing can start, so it must not invite a click.
+_DISABLE_START = """
+<script>
+(function () {
+  function disableStart() {
+    document.querySelectorAll("#spawn_form button[type=submit], #spawn_form input[type=submit]")
+      .forEach(function (button) { button.disabled = true; });
+  }
+  // The hub's template puts its button after this form's content.
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", disableStart);
+  } else { disableStart(); }
+})();
+</script>
+"""
+
+
 def render_options_form(
     choices: list[Choice],
     *,
@@ -59,8 +76,17 @@ def render_options_form(
         return (
             '<div class="alert alert-warning" id="wb-no-project">You are not a member of any '
             "project yet. Ask the workbench admins to add you to an approved project.</div>"
+            + _DISABLE_START
         )
     usable = [c for c in choices if c.unavailable is None]
+    if not usable:
+        return (
+            '<div class="workbench-options" id="wb-no-project">'
+            + "".join(f'<div class="alert alert-warning wb-refusal">{escape(str(c.unavailable))}</div>'
+                      for c in choices)
+            + "<p>None of your projects can start a server now.</p></div>"
+            + _DISABLE_START
+        )
     if selected_project not in {c.project.id for c in usable}:
         selected_project = usable[0].project.id if usable else None
 
@@ -120,7 +146,7 @@ def render_options_form(
         '<div class="workbench-options">'
         + "".join(refusals)
         + '<div class="form-group"><label for="wb-project">Project</label>'
-        + '<select id="wb-project" name="project" class="form-control">'
+        + '<select id="wb-project" name="project" class="form-select">'
         + "".join(options)
         + "</select>"
         + "".join(notes)

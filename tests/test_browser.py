@@ -70,10 +70,11 @@ def test_researcher_logs_in_spawns_and_pulls_a_sample(new_page, hub: RunningHub)
     page.screenshot(path=str(ARTIFACTS / "sample-pull-widget.png"), full_page=False)
 
 
-def test_expired_project_is_shown_disabled_with_the_reason(new_page, hub: RunningHub) -> None:  # noqa: ANN001
+def test_expired_project_says_why_and_start_is_disabled(new_page, hub: RunningHub) -> None:  # noqa: ANN001
     page = new_page
     log_in(page, hub, "carla")
     page.wait_for_url(re.compile(r"/hub/spawn"))
-    assert page.locator("#wb-project option[value=oldproj]").is_disabled()
     assert "expired on 2020-01-31" in page.inner_text(".wb-refusal")
+    assert "None of your projects can start a server now." in page.inner_text("#wb-no-project")
+    assert page.locator("#spawn_form button[type=submit]").is_disabled()
     page.screenshot(path=str(ARTIFACTS / "spawn-form-expired.png"))

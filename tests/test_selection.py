@@ -121,3 +121,11 @@ def test_form_data_to_options() -> None:
         "profile": "big",
     }
     assert options_from_formdata({"project": [""]}) == {}
+
+
+def test_form_when_no_project_can_start() -> None:
+    html = render_options_form([c for c in choices_for(CONFIG, "bob", TODAY) if c.project.id == "beta"])
+    assert "approval for project beta (REF-B) expired" in html
+    assert "None of your projects can start a server now." in html
+    assert "<select" not in html and "button.disabled = true" in html
+    assert "button.disabled = true" in render_options_form([])
