@@ -85,7 +85,7 @@ class SamplePicker(w.VBox):
         info = self._project_info()
         modalities = info.get("modalities") or COMMON_MODALITIES
         self.header = w.HTML(self._header_html(info))
-        self.description = w.Text(description="Description", placeholder="e.g. head")
+        self.description = w.Text(description="Description", placeholder="words, e.g. thorax")
         self.modality = w.Dropdown(options=[("any", "")] + [(m, m) for m in modalities],
                                    description="Modality")
         self.date_from = w.DatePicker(description="From")
@@ -232,6 +232,7 @@ class SamplePicker(w.VBox):
         finally:
             self.pull_button.disabled = False
         self.last_pull = pull
+        self.header.value = self._header_html(self._project_info())  # today's usage moved on
         self.progress.bar_style = "success"
         refused = f" {pull.instances_refused} refused (see manifest)." if pull.instances_refused else ""
         self._say(

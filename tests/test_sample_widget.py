@@ -282,6 +282,11 @@ def test_pull_ticked_rows_shows_progress_and_path() -> None:
     assert picker.progress.bar_style == "success"
     assert not picker.pull_button.disabled
     assert picker.last_pull is DONE
+    assert "4 of 10 studies pulled today" in picker.header.value
+    fake.project_list[1]["studies_pulled_today"] = 6  # type: ignore[index]
+    picker.results.children[0].value = True
+    picker.pull_button.click()
+    assert "6 of 10 studies pulled today" in picker.header.value  # refreshed after the pull
     assert picker.status.value == (
         "<div class='workbench-status' style='color:inherit'>Pulled 80 de-identified images into "
         "<code>/home/anna/projects/magi/samples/p1</code>. Open a series with "
