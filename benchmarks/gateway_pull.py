@@ -49,6 +49,7 @@ from hub_config.loader import parse_config
 from hub_config.storage import StorageLayout
 from services.sample_gateway.audit import AuditLog
 from services.sample_gateway.deidentify import DeidPolicy, deidentify
+from services.sample_gateway.delivery import PullWriter
 from services.sample_gateway.gateway import Gateway
 from services.sample_gateway.integration import build_archive as build_archive_client
 from services.sample_gateway.pipeline import Workers, drop_private, process
@@ -157,12 +158,12 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
         started = time.perf_counter()
         part = await gateway.archive.retrieve_instance(cine.study_instance_uid, cine.series_instance_uid,
                                                        cine.sop_instance_uid)
-        target = work / "cine"
+        writer = PullWriter(work / "cine", "bench")
         outcome = await asyncio.to_thread(process, part.body, part.content_type, cine.study_instance_uid,
-                                          keys_, DeidPolicy(allow_burned_in_annotation=True), target)
+                                          keys_, DeidPolicy(allow_burned_in_annotation=True), writer.target)
         record("cine gateway", time.perf_counter() - started)
         assert outcome.row.frames == cine.number_of_frames, outcome
-        shutil.rmtree(target, ignore_errors=True)
+        writer.abort()
         started = time.perf_counter()
         await asyncio.to_thread(naive_instance, orthanc, cine, work / "naive-cine")
         record("cine naive", time.perf_counter() - started)

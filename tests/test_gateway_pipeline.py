@@ -14,12 +14,14 @@ import pytest
 from pydicom.filewriter import dcmwrite
 
 from services.sample_gateway.deidentify import DeidError, DeidPolicy, deidentify
+from services.sample_gateway.delivery import PullWriter, encode_instance
 from services.sample_gateway.pipeline import (
     Delivered,
     Refused,
     Workers,
     drop_private,
     process,
+    unreadable,
 )
 from services.sample_gateway.pseudonyms import ProjectKeys
 
@@ -79,22 +81,49 @@ def source(name: str = "CT_small.dcm") -> tuple[bytes, str, str]:
 
 def test_process_writes_one_deidentified_file(tmp_path: Path) -> None:
     body, content_type, study = source()
-    outcome = process(body, content_type, study, KEYS, POLICY, tmp_path)
+    writer = PullWriter(tmp_path, "p")
+    outcome = process(body, content_type, study, KEYS, POLICY, writer.target)
     assert isinstance(outcome, Delivered)
-    written = pydicom.dcmread(tmp_path / outcome.row.file)
+    written = pydicom.dcmread(writer.partial / outcome.row.file)
     assert written.PatientIdentityRemoved == "YES" and outcome.row.study_key == written.StudyInstanceUID
     assert not any(e.tag.is_private for e in written)
 
 
 def test_process_refuses_an_object_of_another_study_and_burned_in_text(tmp_path: Path) -> None:
     body, content_type, _ = source()
-    refused = process(body, content_type, "1.2.3.4", KEYS, POLICY, tmp_path)
+    writer = PullWriter(tmp_path, "p")
+    refused = process(body, content_type, "1.2.3.4", KEYS, POLICY, writer.target)
     assert refused == Refused("The archive sent an object from another study; it was not delivered.",
                               "unexpected_object")
     body, content_type, study = source("US1_J2KR.dcm")
-    refused = process(body, content_type, study, KEYS, DeidPolicy(), tmp_path)
+    refused = process(body, content_type, study, KEYS, DeidPolicy(), writer.target)
     assert isinstance(refused, Refused) and refused.reason == "burned_in_annotation"
-    assert list(tmp_path.iterdir()) == []
+    assert list(writer.partial.iterdir()) == []
+
+
+def test_process_refuses_an_object_it_cannot_read_naming_the_attribute_only(tmp_path: Path) -> None:
+    writer = PullWriter(tmp_path, "p")
+    refused = process(b"\0" * 10, "application/dicom", "1.2.3", KEYS, POLICY, writer.target)
+    assert isinstance(refused, Refused) and refused.reason == "unreadable_object"
+    assert refused.message == "An image could not be read because its content cannot be read; it was not delivered."
+    body, content_type, study = source()
+    first = process(body, content_type, study, KEYS, POLICY, writer.target)
+    assert isinstance(first, Delivered)
+    again = process(body, content_type, study, KEYS, POLICY, writer.target)  # the same object twice
+    assert again == Refused("The archive sent the same image twice; it was delivered once.", "duplicate_object")
+
+
+def test_an_unencodable_value_is_named_by_its_attribute(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds["Rows"].value = "Hansen"
+    with pytest.raises(OSError, match="Hansen") as caught:  # pydicom's message holds the value
+        encode_instance(ds)
+    refused = unreadable("written", ds, caught.value)
+    assert refused == Refused(
+        "An image could not be written because its Rows attribute cannot be read; it was not delivered.",
+        "unreadable_object", log_detail="OSError while it was written, at Rows")
 
 
 @pytest.mark.parametrize("processes", [0, 1])
@@ -102,8 +131,9 @@ async def test_workers_in_a_thread_or_a_process(tmp_path: Path, processes: int) 
     workers = Workers(processes)
     try:
         body, content_type, study = source()
+        targets = [PullWriter(tmp_path, str(n)).target for n in range(3)]
         outcomes = await asyncio.gather(*(
-            workers.run(process, body, content_type, study, KEYS, POLICY, tmp_path / str(n)) for n in range(3)
+            workers.run(process, body, content_type, study, KEYS, POLICY, target) for target in targets
         ))
         assert all(isinstance(o, Delivered) for o in outcomes)
         assert len({o.row.sha256 for o in outcomes}) == 1  # the same keys: the same file

@@ -156,7 +156,7 @@ HEADER = {"pull": "pull-1", "project": "magi", "user": "anna", "study_keys": ["2
 
 def test_commit_writes_files_and_both_manifests(tmp_path: Path, ct: Dataset) -> None:
     samples = tmp_path / "samples"
-    writer = PullWriter(samples, "pull-1")
+    writer = PullWriter(tmp_path, "pull-1")
     assert writer.partial == samples / ".partial-pull-1" and writer.partial.is_dir()
     rows = [writer.write(instance(ct, "2.25.7", "2.25.71", "10")),
             writer.write(instance(ct, "2.25.7", "2.25.72", "2")),
@@ -201,7 +201,7 @@ def test_commit_writes_files_and_both_manifests(tmp_path: Path, ct: Dataset) -> 
 
 def test_abort_leaves_nothing(tmp_path: Path, ct: Dataset) -> None:
     samples = tmp_path / "samples"
-    writer = PullWriter(samples, "pull-2")
+    writer = PullWriter(tmp_path, "pull-2")
     writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
     writer.abort()
     assert list(samples.iterdir()) == []
@@ -210,7 +210,7 @@ def test_abort_leaves_nothing(tmp_path: Path, ct: Dataset) -> None:
 
 def test_a_failing_write_can_be_aborted(tmp_path: Path, ct: Dataset) -> None:
     samples = tmp_path / "samples"
-    writer = PullWriter(samples, "pull-3")
+    writer = PullWriter(tmp_path, "pull-3")
     broken = instance(ct, "2.25.7", "2.25.71", "1")
     del broken.SOPInstanceUID
     with pytest.raises(AttributeError):
@@ -227,9 +227,17 @@ def test_remove_partials(tmp_path: Path) -> None:
     (samples / "done-pull" / "s").mkdir(parents=True)
     (samples / "done-pull" / "manifest.json").write_text("{}")
     (samples / "notes.partial-c").write_text("a user's file")
-    removed = remove_partials(samples)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / ".partial-z").mkdir(parents=True)
+    (samples / ".partial-link").symlink_to(elsewhere / ".partial-z")
+    removed = remove_partials(tmp_path)
     assert sorted(p.name for p in removed) == [".partial-a", ".partial-b"]
-    assert sorted(p.name for p in samples.iterdir()) == ["done-pull", "notes.partial-c"]
+    assert sorted(p.name for p in samples.iterdir()) == [".partial-link", "done-pull", "notes.partial-c"]
     assert (samples / "done-pull" / "manifest.json").read_text() == "{}"
-    assert remove_partials(samples) == []
+    assert (elsewhere / ".partial-z").is_dir()  # a link is not followed
+    assert remove_partials(tmp_path) == []
     assert remove_partials(tmp_path / "missing") == []
+    (tmp_path / "linked" / "samples").parent.mkdir()
+    (tmp_path / "linked" / "samples").symlink_to(elsewhere, target_is_directory=True)
+    assert remove_partials(tmp_path / "linked") == []  # a linked samples folder is not searched
+    assert (elsewhere / ".partial-z").is_dir()

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from hub_config.model import Project, SampleLimits, WorkbenchConfig
 
-from .errors import LimitExceeded, NotAllowed
+from .errors import LimitExceeded, NotAllowed, shown
 
 
 def project_for_pull(
@@ -21,7 +21,7 @@ def project_for_pull(
     project = config.project(project_id)
     if project is None or username not in project.members:
         raise NotAllowed(
-            f"You are not a member of a project called {project_id!r}; only members of an "
+            f"You are not a member of a project called {shown(project_id)}; only members of an "
             "approved project can search or pull from the archive.",
             reason="not_member",
         )
@@ -56,9 +56,10 @@ def allowed_modalities(project: Project, modalities: Iterable[str]) -> list[str]
 
 def check_pull_size(
     limits: SampleLimits, *, studies: int, instances: int, studies_today: int,
-    instances_today: int = 0,
+    instances_today: int = 0, bytes_today: int = 0,
 ) -> None:
-    """Refuse before anything is fetched if the selection breaks a per-pull or daily limit."""
+    """Refuse before anything is fetched if the selection breaks a per-pull or daily limit
+    (or the day's bytes are used up: how many a pull will bring is known only as it comes)."""
     if studies > limits.max_studies_per_pull:
         raise LimitExceeded(
             f"You selected {studies} studies; this project may pull at most "
@@ -87,6 +88,13 @@ def check_pull_size(
             f"{instances}; the daily limit is {daily}, so {left} more can be pulled today "
             "(the count resets at midnight UTC).",
             reason="max_instances_per_day",
+        )
+    daily_bytes = limits.max_bytes_per_day
+    if daily_bytes is not None and bytes_today >= daily_bytes:
+        raise LimitExceeded(
+            f"This project has pulled {_size(bytes_today)} today, its daily limit of "
+            f"{_size(daily_bytes)}; try again tomorrow (the count resets at midnight UTC).",
+            reason="max_bytes_per_day",
         )
 
 

@@ -1,27 +1,56 @@
-"""Writing a pull into the project workspace: all of it, or nothing.
+"""Writing a pull into the project workspace: all of it, or nothing, and never through a link.
 
 Files go to a hidden ``.partial-<pull id>`` folder beside the final one; only when every
 file and the manifest are written is the folder renamed into place (one atomic rename on
 the same file system). A failed or interrupted pull leaves nothing a notebook could mistake
 for data.
+
+Researchers write in the project folder (their servers mount it), so whatever lies below it
+is theirs to change, while the pull runs too. A ``samples`` that is a symbolic link, or a
+link planted in a pull's folder, must not make the gateway write elsewhere (another
+project's folder, the airlock's egress folder, a file of the gateway's own). The gateway
+therefore works relative to directory descriptors:
+
+- ``samples`` and every folder below it is opened with ``O_NOFOLLOW | O_DIRECTORY`` from its
+  parent's descriptor; a link or a non-folder there is refused (:class:`WorkspaceUnusable`:
+  the researcher sees which name, the gateway log has the path for the admins);
+- the partial folder is made with mode 0700, so no other Unix user can enter it while it
+  fills; worker processes find it by name again and check it is the same inode;
+- folders in it are made with ``mkdir`` relative to their parent (an existing link is
+  refused), files with ``O_CREAT | O_EXCL | O_NOFOLLOW``;
+- the rename to the final name is relative to the ``samples`` descriptor and checked to have
+  moved the gateway's own folder; then the folder becomes 0750 and its files are 0640 (the
+  project's group reads them, which is how project members share; nobody else does).
+
+The project folder itself (``<data>/projects/<id>``) is made by the admins' tools and trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
+import stat
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.filewriter import dcmwrite
+
+from .errors import WorkspaceUnusable, shown
+
+log = logging.getLogger("sample_gateway")
 
 MANIFEST_FIELDS = (
     "file", "sha256", "bytes", "patient", "study_key", "study_date", "study_description",
@@ -30,7 +59,13 @@ MANIFEST_FIELDS = (
 )
 
 
+DIR_MODE = 0o750  # delivered folders: the project's group may read, nobody else
+FILE_MODE = 0o640
+PARTIAL_MODE = 0o700  # while a pull fills: the gateway's user only
+
 _SYNC_THREADS = 8
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _UID = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64}){0,63}")
 
 
@@ -56,100 +91,346 @@ class ManifestRow:
     frames: int
 
 
+class UnreadableAttribute(ValueError):
+    """An attribute whose value does not fit its type; names the attribute, never the value."""
+
+    def __init__(self, attribute: str) -> None:
+        super().__init__(f"{attribute} cannot be read")
+        self.attribute = attribute
+
+
+class DuplicateObject(Exception):
+    """The archive sent an object whose file this pull already wrote."""
+
+
+@dataclass(frozen=True)
+class PartialFolder:
+    """A pull's partial folder as a worker process finds it (picklable): the trusted project
+    folder, the names below it, and the identity of the folder the gateway made."""
+
+    project_dir: str
+    names: tuple[str, ...]
+    device: int
+    inode: int
+
+    @contextmanager
+    def opened(self) -> Iterator[int]:
+        fd = _open_below(Path(self.project_dir), self.names)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (self.device, self.inode):
+                raise _unusable(Path(self.project_dir), self.names,
+                                "was replaced by another folder while the pull filled it")
+            yield fd
+        finally:
+            os.close(fd)
+
+
 class PullWriter:
-    def __init__(self, samples_dir: Path, pull_id: str) -> None:
-        self.final = samples_dir / pull_id
-        self.partial = samples_dir / f".partial-{pull_id}"
+    """One pull's folder: made by :meth:`__init__`, filled through :attr:`target` (by
+    :func:`store_instance`, in worker processes too), then :meth:`commit` or :meth:`abort`."""
+
+    def __init__(self, project_dir: Path, pull_id: str, folder: str = "samples") -> None:
+        self.project_dir = project_dir
+        self.folder = folder
+        self.name = pull_id
+        self.partial_name = f".partial-{pull_id}"
+        self.final = project_dir / folder / pull_id
+        self.partial = project_dir / folder / self.partial_name
         self.rows: list[ManifestRow] = []
-        samples_dir.mkdir(parents=True, exist_ok=True)
-        self.partial.mkdir()
+        self._samples_fd: int | None = open_workspace_folder(project_dir, folder)
+        self._partial_fd: int | None = None
+        try:
+            try:
+                os.mkdir(self.partial_name, PARTIAL_MODE, dir_fd=self._samples_fd)
+            except FileExistsError:
+                raise _unusable(project_dir, (folder, self.partial_name),
+                                "already exists, not made by this pull") from None
+            self._partial_fd = _open_folder(self._samples_fd, self.partial_name, project_dir,
+                                            (folder, self.partial_name))
+            os.fchmod(self._partial_fd, PARTIAL_MODE)
+            st = os.fstat(self._partial_fd)
+        except BaseException:
+            self._close()
+            raise
+        self._identity = (st.st_dev, st.st_ino)
+        self.target = PartialFolder(str(project_dir), (folder, self.partial_name), *self._identity)
 
     def write(self, ds: Dataset) -> ManifestRow:
         """Write one de-identified instance under <study key>/<series UID>/<SOP UID>.dcm."""
-        return self.add(write_instance(self.partial, ds))
+        return self.add(write_instance(self.target, ds))
 
     def add(self, row: ManifestRow) -> ManifestRow:
-        """Record an instance that :func:`write_instance` wrote into :attr:`partial`."""
+        """Record an instance that :func:`store_instance` wrote into :attr:`target`."""
         self.rows.append(row)
         return row
 
     def commit(self, header: dict[str, Any]) -> Path:
         """Write manifest.json and manifest.csv, then move the pull into place."""
+        samples_fd, partial_fd = self._samples_fd, self._partial_fd
+        if samples_fd is None or partial_fd is None:
+            raise RuntimeError("this pull's folder was committed or aborted already")
         rows = sorted(self.rows, key=lambda r: (r.study_key, r.series_uid, _number(r.instance_number), r.sop_uid))
         manifest = {**header, "instances": [asdict(r) for r in rows]}
-        (self.partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        with open(self.partial / "manifest.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in rows)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+        names = (self.folder, self.partial_name)
+        _write_new(partial_fd, "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode(),
+                   self.project_dir, names)
+        _write_new(partial_fd, "manifest.csv", table.getvalue().encode(), self.project_dir, names)
         # Everything on disk before the rename makes the pull visible. The instances were
         # written without waiting for the disk; their syncs run side by side here, which on a
         # busy disk costs about one sync instead of one per file.
-        files = [self.partial / r.file for r in rows]
-        files += [self.partial / "manifest.json", self.partial / "manifest.csv"]
-        folders = {self.partial}
-        for path in files:
-            folders.update(p for p in path.parents if p.is_relative_to(self.partial))
+        files = [tuple(r.file.split("/")) for r in rows] + [("manifest.json",), ("manifest.csv",)]
+        folders = {path[:depth] for path in files for depth in range(1, len(path))}
         with ThreadPoolExecutor(_SYNC_THREADS) as pool:
-            list(pool.map(_fsync, files))
-            list(pool.map(_fsync, folders))
-        os.rename(self.partial, self.final)
-        _fsync(self.final.parent)
+            list(pool.map(lambda path: self._sync(path, folder=False), files))
+            list(pool.map(lambda path: self._sync(path, folder=True), sorted(folders)))
+        os.fsync(partial_fd)
+        try:
+            os.rename(self.partial_name, self.name, src_dir_fd=samples_fd, dst_dir_fd=samples_fd)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise _unusable(self.project_dir, (self.folder, self.name),
+                                "already exists, not made by this pull") from None
+            raise
+        if not self._holds_ours(self.name):
+            raise _unusable(self.project_dir, (self.folder, self.partial_name),
+                            "was replaced by another folder while the pull filled it")
+        os.fchmod(partial_fd, DIR_MODE)  # visible to the project's group only now
+        os.fsync(samples_fd)
+        self._close()
         return self.final
 
     def abort(self) -> None:
-        shutil.rmtree(self.partial, ignore_errors=True)
+        """Remove this pull's folder, wherever in ``samples`` it is now; nothing else."""
+        if self._samples_fd is None:
+            return
+        try:
+            for name in (self.partial_name, self.name):
+                if self._holds_ours(name):
+                    shutil.rmtree(name, dir_fd=self._samples_fd, ignore_errors=True)
+                    break
+            else:  # moved away by someone else: at least take the files back
+                if self._partial_fd is not None:
+                    _empty(self._partial_fd)
+        finally:
+            self._close()
+
+    def _holds_ours(self, name: str) -> bool:
+        try:
+            st = os.stat(name, dir_fd=self._samples_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == getattr(self, "_identity", None)
+
+    def _sync(self, path: tuple[str, ...], *, folder: bool) -> None:
+        assert self._partial_fd is not None
+        names = (self.folder, self.partial_name)
+        opened: list[int] = []
+        try:
+            fd = self._partial_fd
+            for depth, name in enumerate(path[:-1] if not folder else path, start=1):
+                fd = _open_folder(fd, name, self.project_dir, names + path[:depth])
+                opened.append(fd)
+            if not folder:
+                fd = os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                opened.append(fd)
+            os.fsync(fd)
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def _close(self) -> None:
+        for attribute in ("_partial_fd", "_samples_fd"):
+            fd = getattr(self, attribute)
+            if fd is not None:
+                setattr(self, attribute, None)
+                os.close(fd)
 
 
-def write_instance(partial: Path, ds: Dataset) -> ManifestRow:
-    """Write one de-identified instance under ``partial``/<study key>/<series UID>/<SOP UID>.dcm
-    and return its manifest row (runs in worker threads and processes; synced by commit)."""
+def open_workspace_folder(project_dir: Path, folder: str, *, create: bool = True) -> int:
+    """A descriptor of ``project_dir/folder``, refusing a link or a non-folder there; made
+    (mode 0750) when missing and ``create``."""
+    if create:
+        project_dir.mkdir(parents=True, exist_ok=True)
+    project_fd = os.open(project_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _open_folder(project_fd, folder, project_dir, (folder,),
+                            create_mode=DIR_MODE if create else None)
+    finally:
+        os.close(project_fd)
+
+
+def write_instance(target: PartialFolder, ds: Dataset) -> ManifestRow:
+    """Encode and store one de-identified instance (:func:`encode_instance`, then
+    :func:`store_instance`); returns its manifest row."""
+    data, row = encode_instance(ds)
+    store_instance(target, row.file, data)
+    return row
+
+
+def encode_instance(ds: Dataset) -> tuple[bytes, ManifestRow]:
+    """One de-identified instance as a Part 10 file and its manifest row, the file named
+    <study key>/<series UID>/<SOP UID>.dcm. Raises on an object that cannot be encoded."""
     parts = [str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)]
     if not all(_UID.fullmatch(part) for part in parts):  # they become file names
         raise ValueError("a de-identified object without valid UIDs")
-    relative = Path(parts[0]) / parts[1] / f"{parts[2]}.dcm"
-    target = partial / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     dcmwrite(buffer, ds, enforce_file_format=True)
     data = buffer.getvalue()
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    row = ManifestRow(
+        file=f"{parts[0]}/{parts[1]}/{parts[2]}.dcm",
+        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=len(data),
+        patient=str(ds.get("PatientID", "")),
+        study_key=str(ds.StudyInstanceUID),
+        study_date=str(ds.get("StudyDate", "")),
+        study_description=str(ds.get("StudyDescription", "")),
+        series_uid=str(ds.SeriesInstanceUID),
+        series_description=str(ds.get("SeriesDescription", "")),
+        series_number=str(ds.get("SeriesNumber", "")),
+        modality=str(ds.get("Modality", "")),
+        sop_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        instance_number=str(ds.get("InstanceNumber", "")),
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        rows=_whole_number(ds, "Rows", 0),
+        columns=_whole_number(ds, "Columns", 0),
+        frames=_whole_number(ds, "NumberOfFrames", 1),
+    )
+    return data, row
+
+
+def store_instance(target: PartialFolder, relative: str, data: bytes) -> None:
+    """Write ``data`` as ``relative`` in the pull's partial folder (runs in worker threads
+    and processes; synced by commit). Raises :class:`DuplicateObject` when that file was
+    written already, :class:`WorkspaceUnusable` when something else is in the way."""
+    path = tuple(relative.split("/"))
+    with target.opened() as root:
+        opened: list[int] = []
+        try:
+            fd = root
+            for depth, name in enumerate(path[:-1], start=1):
+                fd = _open_folder(fd, name, Path(target.project_dir), target.names + path[:depth],
+                                  create_mode=DIR_MODE)
+                opened.append(fd)
+            _write_new(fd, path[-1], data, Path(target.project_dir), target.names + path[:-1])
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+
+def remove_partials(project_dir: Path, folder: str = "samples") -> list[Path]:
+    """Remove half-written pulls left by a crash; returns what was removed. Only folders
+    named ``.partial-*`` directly in ``folder``, never through a link."""
     try:
+        samples_fd = open_workspace_folder(project_dir, folder, create=False)
+    except FileNotFoundError:
+        return []
+    except WorkspaceUnusable as error:
+        log.warning("not looking for half-written pulls: %s", error.log_message)
+        return []
+    removed = []
+    try:
+        for entry in os.scandir(samples_fd):
+            if entry.name.startswith(".partial-") and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.name, dir_fd=samples_fd, ignore_errors=True)
+                removed.append(project_dir / folder / entry.name)
+    finally:
+        os.close(samples_fd)
+    return removed
+
+
+def _open_below(project_dir: Path, names: tuple[str, ...]) -> int:
+    fd = os.open(project_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    for depth, name in enumerate(names, start=1):
+        try:
+            child = _open_folder(fd, name, project_dir, names[:depth])
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def _open_folder(parent_fd: int, name: str, project_dir: Path, names: tuple[str, ...],
+                 create_mode: int | None = None) -> int:
+    """``name`` in ``parent_fd`` as a folder descriptor, never through a link; made with
+    ``create_mode`` (exactly, whatever the umask) when given and missing."""
+    created = False
+    if create_mode is not None:
+        try:
+            os.mkdir(name, create_mode, dir_fd=parent_fd)
+            created = True
+        except FileExistsError:
+            pass
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _unusable(project_dir, names, _what_is(parent_fd, name)) from None
+        raise
+    if created:
+        os.fchmod(fd, create_mode)  # type: ignore[arg-type]
+    return fd
+
+
+def _write_new(dir_fd: int, name: str, data: bytes, project_dir: Path, names: tuple[str, ...]) -> None:
+    try:
+        fd = os.open(name, _NEW_FILE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+    except FileExistsError:
+        if stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise DuplicateObject(name) from None
+        raise _unusable(project_dir, (*names, name), _what_is(dir_fd, name)) from None
+    try:
+        os.fchmod(fd, FILE_MODE)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
-    return ManifestRow(
-            file=str(relative),
-            sha256=hashlib.sha256(data).hexdigest(),
-            bytes=len(data),
-            patient=str(ds.get("PatientID", "")),
-            study_key=str(ds.StudyInstanceUID),
-            study_date=str(ds.get("StudyDate", "")),
-            study_description=str(ds.get("StudyDescription", "")),
-            series_uid=str(ds.SeriesInstanceUID),
-            series_description=str(ds.get("SeriesDescription", "")),
-            series_number=str(ds.get("SeriesNumber", "")),
-            modality=str(ds.get("Modality", "")),
-            sop_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.get("SOPClassUID", "")),
-            instance_number=str(ds.get("InstanceNumber", "")),
-            transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-            rows=int(ds.get("Rows", 0) or 0),
-            columns=int(ds.get("Columns", 0) or 0),
-        frames=int(ds.get("NumberOfFrames", 1) or 1),
+
+
+def _what_is(parent_fd: int, name: str) -> str:
+    try:
+        mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+    except OSError:
+        return "could not be opened"
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "is a folder where a file belongs"
+    return "is not a folder"
+
+
+def _unusable(project_dir: Path, names: tuple[str, ...], problem: str) -> WorkspaceUnusable:
+    relative = "/".join(names)
+    return WorkspaceUnusable(
+        f"{shown(relative)} in the project folder {problem}, so the sample gateway delivered "
+        "nothing: it only writes into plain folders there and never follows links. The "
+        "workbench admins can see the details in the gateway log.",
+        log_message=f"{project_dir / relative} {problem}; the gateway does not follow links or "
+        "write through what is not a plain folder in a project workspace. Check where it "
+        "points and replace it with a plain folder.",
     )
 
 
-def remove_partials(samples_dir: Path) -> list[Path]:
-    """Remove half-written pulls left by a crash; returns what was removed."""
-    removed = []
-    if samples_dir.is_dir():
-        for entry in samples_dir.glob(".partial-*"):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
+def _empty(fd: int) -> None:
+    for entry in os.scandir(fd):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.name, dir_fd=fd, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.name, dir_fd=fd)
+
+
+def _whole_number(ds: Dataset, keyword: str, default: int) -> int:
+    try:
+        return int(ds.get(keyword, default) or default)
+    except (TypeError, ValueError, OverflowError):
+        raise UnreadableAttribute(keyword) from None
 
 
 def _number(text: str) -> int:
@@ -157,11 +438,3 @@ def _number(text: str) -> int:
         return int(text)
     except ValueError:
         return 0
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -61,6 +61,19 @@ class NotFound(GatewayError):
     reason = "not_found"
 
 
+class WorkspaceUnusable(GatewayError):
+    """A project folder the gateway would write through is a symbolic link, not a folder, or
+    was changed under it while a pull filled it: nothing is delivered there."""
+
+    status = 409
+    reason = "workspace_unusable"
+
+
+class BodyTooLarge(GatewayError):
+    status = 413
+    reason = "body_too_large"
+
+
 class AuditUnavailable(GatewayError):
     """The audit trail cannot take a record: the gateway does nothing it could not audit."""
 
@@ -74,3 +87,13 @@ class AuditUnavailable(GatewayError):
             "told in the gateway log.",
             log_message=log_message,
         )
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``value`` as an error message may quote it: repr, cut to about ``limit`` characters.
+
+    Messages quote what a user sent (a project id, a study key) so they can see the typo;
+    never all of it, so an error cannot become a mirror for megabytes of input.
+    """
+    text = repr(value) if isinstance(value, str) else repr(str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"

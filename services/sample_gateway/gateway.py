@@ -11,7 +11,12 @@ A pull is all or nothing, and audited before it is visible: the files go to a hi
 folder while the archive sends, the audit record is written, and only then is the folder
 renamed into place. If the audit record cannot be written, nothing is delivered. Progress
 of a running pull is kept in memory (the record in the database is written when it starts
-and when it ends; a pull still "running" after a restart was interrupted).
+and when it ends; a pull still "running" after a restart was interrupted). Once a pull's
+record exists, every failure (the workspace folder included) ends it as "failed", audited.
+
+Daily limits are reservations in the state database (:meth:`.state.GatewayState.reserve_pull`):
+the check and the insert of a pull are one transaction, and the bytes are checked against
+the day's total again as they arrive, so pulls started together cannot pass a limit.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 from pydicom.errors import InvalidDicomError
 
 from hub_config.loader import cached_config
-from hub_config.model import ArchiveConnection, Project, WorkbenchConfig
+from hub_config.model import ArchiveConnection, Project, SampleLimits, WorkbenchConfig
 from hub_config.storage import StorageLayout, default_data_dir
 
 from . import access
@@ -45,8 +50,10 @@ from .errors import (
     GatewayError,
     NotAllowed,
     NotFound,
+    shown,
 )
 from .integration import Archive, build_archive
+from .logsafety import describe_error
 from .pipeline import Delivered, Workers, process
 from .previews import Previews
 from .pseudonyms import ProjectKeys, load_or_create_key
@@ -58,6 +65,7 @@ from .summaries import summarize_study
 log = logging.getLogger("sample_gateway")
 
 WORKERS_ENV = "WORKBENCH_GATEWAY_WORKERS"
+BYTE_STEP = 8 * 1024 * 1024  # reserved ahead against a daily byte limit (or 1/64 of it)
 
 
 @dataclass
@@ -66,6 +74,7 @@ class _Progress:
     done: int = 0
     refused: int = 0
     bytes: int = 0
+    reserved: int = 0  # bytes recorded in the state database (the daily byte limit)
 
 
 @dataclass
@@ -204,22 +213,25 @@ class Gateway:
         project = access.project_for_pull(self.config(), username, project_id, self.today())
         if len(set(study_keys)) != len(study_keys):
             raise BadRequest("The same study is selected twice.")
+        limits = project.archive.limits
+        since = _midnight_utc()
+        # A first look, to refuse before the archive is asked; the reservation below decides.
+        usage = self.state.usage_since(project.id, since)
+        access.check_pull_size(
+            limits, studies=len(study_keys), instances=0, studies_today=usage.studies,
+            instances_today=usage.instances, bytes_today=usage.bytes,
+        )
         self.audit.check()
         studies = []
         for key in study_keys:
             row = self.state.lookup_study(project.id, key)
             if row is None:
                 raise NotFound(
-                    f"Study key {key} is not from a search of project {project.id}; search again "
-                    "and select from the results.",
+                    f"Study key {shown(key)} is not from a search of project {project.id}; "
+                    "search again and select from the results.",
                     reason="unknown_study_key",
                 )
             studies.append((key, row))
-        usage = self.state.usage_since(project.id, _midnight_utc())
-        access.check_pull_size(
-            project.archive.limits, studies=len(studies), instances=0,
-            studies_today=usage.studies, instances_today=usage.instances,
-        )
         plan = []
         for key, row in studies:
             for series in await self.archive.find_series(row.study_uid):
@@ -229,30 +241,31 @@ class Gateway:
                 count = _int(_first(series, "00201209"))
                 plan.append((key, row.study_uid, _first(series, "0020000E"), count))
         total = sum(count for *_, count in plan)
-        access.check_pull_size(
-            project.archive.limits, studies=len(studies), instances=total,
-            studies_today=usage.studies, instances_today=usage.instances,
-        )
         pull = Pull(
             id=_pull_id(username), project=project.id, username=username, status="running",
             created=now(), studies=len(studies), instances_total=total,
         )
-        self.state.add_pull(pull)
+
+        def within_limits(today: Usage) -> None:
+            access.check_pull_size(
+                limits, studies=len(studies), instances=total, studies_today=today.studies,
+                instances_today=today.instances, bytes_today=today.bytes,
+            )
+
+        self.state.reserve_pull(pull, since, within_limits)  # refused: nothing is kept
         self._progress[pull.id] = _Progress()
-        task = asyncio.create_task(self._run_pull(pull, project, plan, [k for k, _ in studies], usage))
+        task = asyncio.create_task(self._run_pull(pull, project, plan, [k for k, _ in studies], since))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return pull.to_json()
 
     async def _run_pull(
         self, pull: Pull, project: Project, plan: list[tuple[str, str, str, int]],
-        study_keys: list[str], usage: Usage,
+        study_keys: list[str], since: dt.datetime,
     ) -> None:
-        keys = self.keys_for(project.id)
-        policy = self.policy_for(project)
         limits = project.archive.limits
         progress = self._progress.setdefault(pull.id, _Progress())
-        writer = PullWriter(self.storage.samples_dir(project.id), pull.id)
+        writer: PullWriter | None = None
         refusals: Counter[str] = Counter()
         warnings: Counter[str] = Counter()
         pending: set[asyncio.Future[Any]] = set()
@@ -261,23 +274,30 @@ class Gateway:
         def collect(future: asyncio.Future[Any]) -> None:
             outcome = future.result()
             if isinstance(outcome, Delivered):
+                assert writer is not None  # objects are handed out only once it exists
                 writer.add(outcome.row)
                 progress.done += 1
                 warnings.update(outcome.warnings)
             else:
                 progress.refused += 1
                 refusals[outcome.message] += 1
+                if outcome.log_detail:
+                    log.warning("pull %s: an object was refused (%s: %s)", pull.id, outcome.reason,
+                                outcome.log_detail)
 
         try:
+            keys = self.keys_for(project.id)
+            policy = self.policy_for(project)
+            writer = PullWriter(self.storage.project_dir(project.id), pull.id)
             for _study_key, study_uid, series_uid, _count in plan:
                 async with contextlib.aclosing(self.archive.retrieve_series(study_uid, series_uid)) as parts:
                     async for part in parts:
                         progress.received += 1
                         progress.bytes += len(part.body)
-                        access.check_pull_bytes(limits, progress.bytes, usage.bytes)
+                        self._check_running_pull(pull, limits, progress, since)
                         pending.add(asyncio.ensure_future(self.workers.run(
                             process, part.body, part.content_type, study_uid, keys, policy,
-                            writer.partial,
+                            writer.target,
                         )))
                         if len(pending) >= window:
                             finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -316,7 +336,8 @@ class Gateway:
                 raise
         except BaseException as error:  # every failure must clean up and be recorded
             await _settle(pending)
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             if isinstance(error, asyncio.CancelledError):
                 self._progress.pop(pull.id, None)
                 raise
@@ -325,7 +346,7 @@ class Gateway:
                 message += (f" {progress.received} of {pull.instances_total} images had arrived "
                             "before that; nothing was delivered.")
             if not isinstance(error, GatewayError):
-                log.exception("pull %s failed", pull.id)
+                log.error("pull %s failed: %s", pull.id, describe_error(error))
             else:
                 log.warning("pull %s failed: %s", pull.id, error.log_message)
             self.state.update_pull(pull.id, status="failed", finished=now(), error=message,
@@ -342,19 +363,55 @@ class Gateway:
                                bytes_received=progress.bytes, instances_refused=progress.refused,
                                path=str(relative))
         self._progress.pop(pull.id, None)
+        if refusals:
+            log.info("pull %s delivered %d images and refused %d (the reasons are in its manifest)",
+                     pull.id, progress.done, progress.refused)
+
+    def _check_running_pull(self, pull: Pull, limits: SampleLimits, progress: _Progress,
+                            since: dt.datetime) -> None:
+        """Per object received: the per-pull limits, and the daily ones against the other
+        pulls of the day. The bytes are reserved in steps (:data:`BYTE_STEP`); each step, and
+        images beyond those the archive announced, is one transaction that sees the other
+        pulls' reservations, so pulls running side by side cannot pass a daily limit."""
+        planned = max(pull.instances_total, progress.received)
+        grows = planned > pull.instances_total
+        if grows:  # the archive sends more than it announced
+            access.check_pull_size(limits, studies=pull.studies, instances=planned, studies_today=0)
+        access.check_pull_bytes(limits, progress.bytes)
+        daily_bytes = limits.max_bytes_per_day
+        needs_bytes = daily_bytes is not None and progress.bytes > progress.reserved
+        if not needs_bytes and not (grows and limits.max_instances_per_day is not None):
+            pull.instances_total = planned
+            return
+
+        def decide(others: Usage) -> dict[str, int]:
+            access.check_pull_bytes(limits, progress.bytes, others.bytes)
+            if grows:
+                access.check_pull_size(limits, studies=pull.studies, instances=planned,
+                                       studies_today=others.studies, instances_today=others.instances)
+            values = {"instances_total": planned}
+            if daily_bytes is not None:
+                step = min(daily_bytes // 64, BYTE_STEP)
+                values["bytes_received"] = max(progress.bytes,
+                                               min(progress.bytes + step, daily_bytes - others.bytes))
+            return values
+
+        values = self.state.record_progress(pull.id, pull.project, since, decide)
+        progress.reserved = values.get("bytes_received", progress.reserved)
+        pull.instances_total = planned
 
     def pull_status(self, username: str, pull_id: str) -> dict[str, Any]:
         pull = self.state.get_pull(pull_id)
         config = self.config()
         project = config.project(pull.project) if pull else None
         if pull is None or project is None or username not in project.members:
-            raise NotFound(f"There is no pull {pull_id} in your projects.")
+            raise NotFound(f"There is no pull {shown(pull_id)} in your projects.")
         return self._with_progress(pull.to_json())
 
     def list_pulls(self, username: str, project_id: str) -> list[dict[str, Any]]:
         project = self.config().project(project_id)
         if project is None or username not in project.members:
-            raise NotAllowed(f"You are not a member of a project called {project_id!r}.")
+            raise NotAllowed(f"You are not a member of a project called {shown(project_id)}.")
         return [self._with_progress(p.to_json()) for p in self.state.pulls_of(project_id)]
 
     def _with_progress(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -384,7 +441,7 @@ class Gateway:
                         outcome="failed", reason="interrupted")
             failed.append(pull.id)
         for project in self.config().projects:
-            remove_partials(self.storage.samples_dir(project.id))
+            remove_partials(self.storage.project_dir(project.id))
         return failed
 
     async def aclose(self) -> None:

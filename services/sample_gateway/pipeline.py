@@ -14,7 +14,12 @@ and skipping their conversion saves a third of the time on vendor files.
 byte-for-byte the same with and without this step.
 
 An object that is not from the study the archive was asked for is refused, never
-delivered: an archive that sends the wrong object must not leak it into a project.
+delivered: an archive that sends the wrong object must not leak it into a project. So is an
+object that cannot be read, de-identified or encoded (an Integer String holding a name, a
+broken sequence): one bad object costs that object, not the pull. The refusal names the
+attribute when it can, never its value; nothing here logs values (worker processes run
+:func:`.logsafety.configure_logging`, whose filter keeps pydicom's warnings value-free).
+Writing problems (a full disk, a link planted in the pull's folder) still fail the pull.
 """
 
 from __future__ import annotations
@@ -24,18 +29,28 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.datadict import keyword_for_tag
+from pydicom.tag import Tag
 
 from .deidentify import DeidError, DeidPolicy, deidentify
-from .delivery import ManifestRow, write_instance
+from .delivery import (
+    DuplicateObject,
+    ManifestRow,
+    PartialFolder,
+    UnreadableAttribute,
+    encode_instance,
+    store_instance,
+)
 from .instances import dataset_from_part
+from .logsafety import configure_logging
 from .multipart import Part
 from .pseudonyms import ProjectKeys
 
@@ -52,22 +67,73 @@ class Delivered:
 class Refused:
     message: str  # safe to show: no patient data
     reason: str
+    log_detail: str = ""  # for the gateway log: exception type and attribute, no value
 
 
 def process(body: bytes, content_type: str, study_uid: str, keys: ProjectKeys,
-            policy: DeidPolicy, partial: Path) -> Delivered | Refused:
+            policy: DeidPolicy, target: PartialFolder) -> Delivered | Refused:
     """Parse, check, de-identify and write one object (in a worker thread or process)."""
-    ds = dataset_from_part(Part({"content-type": content_type}, body))
-    if str(ds.get("StudyInstanceUID", "")).strip() != study_uid:
-        return Refused("The archive sent an object from another study; it was not delivered.",
-                       "unexpected_object")
-    drop_private(ds)
+    ds: Dataset | None = None
+    stage = "read"
     try:
-        result = deidentify(ds, keys, policy)
-    except DeidError as refusal:
-        return Refused(refusal.message, refusal.reason)
-    row = write_instance(partial, result.dataset)
+        ds = dataset_from_part(Part({"content-type": content_type}, body))
+        if str(ds.get("StudyInstanceUID", "")).strip() != study_uid:
+            return Refused("The archive sent an object from another study; it was not delivered.",
+                           "unexpected_object")
+        drop_private(ds)
+        stage = "de-identified"
+        try:
+            result = deidentify(ds, keys, policy)
+        except DeidError as refusal:
+            return Refused(refusal.message, refusal.reason)
+        stage, ds = "written", result.dataset
+        data, row = encode_instance(result.dataset)
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever breaks on this object refuses it alone
+        return unreadable(stage, ds, error)
+    try:
+        store_instance(target, row.file, data)
+    except DuplicateObject:
+        return Refused("The archive sent the same image twice; it was delivered once.",
+                       "duplicate_object")
     return Delivered(row, tuple(result.report.warnings))
+
+
+def unreadable(stage: str, ds: Dataset | None, error: BaseException) -> Refused:
+    """The refusal of an object that could not be read, de-identified or written: names the
+    attribute (if it can be found) and the exception type, never a value."""
+    attribute = error.attribute if isinstance(error, UnreadableAttribute) else culprit(ds, error)
+    what = f"its {attribute} attribute" if attribute else "its content"
+    return Refused(
+        f"An image could not be {stage} because {what} cannot be read; it was not delivered.",
+        "unreadable_object",
+        log_detail=f"{type(error).__name__} while it was {stage}"
+        + (f", at {attribute}" if attribute else ""),
+    )
+
+
+_TAG_IN_TEXT = re.compile(r"\(([0-9A-Fa-f]{4}),\s?([0-9A-Fa-f]{4})\)")
+
+
+def culprit(ds: Dataset | None, error: BaseException) -> str | None:
+    """The attribute that made reading or writing fail: the tag pydicom names in its message
+    (only the tag is taken from it), else the first top-level element that cannot be converted."""
+    match = _TAG_IN_TEXT.search(str(error))
+    if match:
+        return _name(Tag(int(match[1], 16), int(match[2], 16)))
+    if ds is None:
+        return None
+    for tag in list(ds.keys()):
+        try:
+            ds[tag]
+        except Exception:  # noqa: BLE001 - any failure to convert points at the culprit
+            return _name(Tag(tag))
+    return None
+
+
+def _name(tag: Any) -> str:
+    return keyword_for_tag(tag) or f"({tag.group:04X},{tag.element:04X})"
 
 
 def drop_private(ds: Dataset) -> int:
@@ -105,7 +171,10 @@ class Workers:
             if self.processes:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload([__name__])
-                self._executor = ProcessPoolExecutor(self.processes, mp_context=context)
+                self._executor = ProcessPoolExecutor(
+                    self.processes, mp_context=context, initializer=configure_logging,
+                    initargs=(logging.WARNING,),
+                )
             else:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="deidentify")
         return self._executor
@@ -136,4 +205,4 @@ def _ready() -> int:
     return os.getpid()
 
 
-__all__ = ["Delivered", "Refused", "Workers", "drop_private", "process"]
+__all__ = ["Delivered", "Refused", "Workers", "culprit", "drop_private", "process", "unreadable"]

@@ -36,6 +36,9 @@ STUDY_FIELDS = (
 )
 
 
+MAX_OFFSET = 1_000_000  # far past any archive's answers; keeps offsets in 32 bits
+
+
 class StudyCriteria(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,7 +47,8 @@ class StudyCriteria(BaseModel):
     date_to: dt.date | None = None
     description: str | None = Field(None, max_length=64)
     limit: int = Field(50, ge=1, le=200)
-    offset: int = Field(0, ge=0, description="Start in the archive's first answer (prefer page).")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET,
+                        description="Start in the archive's first answer (prefer page).")
     page: str | None = Field(
         None, max_length=64, description="The next_page token of an earlier answer: go on there."
     )

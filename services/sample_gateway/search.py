@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from .errors import BadRequest, GatewayError
 from .integration import Archive
-from .queries import SearchPlan, StudyQuery, wildcard_match
+from .queries import MAX_OFFSET, SearchPlan, StudyQuery, wildcard_match
 
 log = logging.getLogger("sample_gateway")
 
@@ -64,6 +64,9 @@ class Cursor:
             raise BadRequest("The page token is not one this gateway gave out; search again.",
                              reason="bad_page")
         query, offset, found, first = match.groups()
+        if int(offset) > MAX_OFFSET:
+            raise BadRequest("The page token goes further than this gateway pages; search again "
+                             "with narrower criteria.", reason="bad_page")
         return cls(int(query), int(offset), found == "1", first)
 
 

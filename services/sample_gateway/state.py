@@ -3,14 +3,26 @@
 This database maps study keys back to archive UIDs, so it lives only in the gateway's own
 directory (mode 0700), is never mounted into a server and is never shown to researchers.
 Pulls carry a status; a pull still 'running' when the gateway starts was interrupted and is
-marked failed, with its partial files removed (see :mod:`.pulls`).
+marked failed, with its partial files removed (see :mod:`.gateway`).
+
+Daily limits are kept with reservations: a pull's record is inserted in the same write
+transaction that reads the project's usage and checks the limits (``BEGIN IMMEDIATE`` on
+SQLite: one writer at a time, also across processes), so two requests at the same moment
+cannot both see the same spare capacity. A running pull counts with the studies and images
+it plans to deliver and with the bytes received so far, rounded up to a small step (at most
+1/64 of the daily limit, 8 MiB), which is reserved ahead so that not every object costs a
+transaction. The step is taken, and the day's total checked again, in the same kind of
+transaction while the archive sends; a pull never receives more than it reserved.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
@@ -19,10 +31,12 @@ from sqlalchemy import (
     Text,
     case,
     create_engine,
+    event,
     func,
     select,
+    update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -99,6 +113,10 @@ class Usage:
 class GatewayState:
     def __init__(self, url: str) -> None:
         self.engine: Engine = create_engine(url, future=True)
+        self.sqlite = self.engine.dialect.name == "sqlite"
+        if self.sqlite:
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
         Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -130,23 +148,45 @@ class GatewayState:
 
     def usage_since(self, project: str, since: dt.datetime) -> Usage:
         """Studies, images and bytes of the project's pulls since ``since`` that did not fail
-        (a running pull counts with the images it plans to deliver)."""
-        instances = case(
-            (Pull.status == "running", Pull.instances_total), else_=Pull.instances_done
-        )
+        (a running pull counts with the images it plans to deliver, and the bytes received
+        so far)."""
         with self.session() as session:
-            row = session.execute(
-                select(
-                    func.coalesce(func.sum(Pull.studies), 0),
-                    func.coalesce(func.sum(instances), 0),
-                    func.coalesce(func.sum(Pull.bytes_received), 0),
-                ).where(Pull.project == project, Pull.created >= since, Pull.status != "failed")
-            ).one()
-        return Usage(int(row[0]), int(row[1]), int(row[2]))
+            return _usage(session, project, since)
 
     def add_pull(self, pull: Pull) -> None:
         with self.session() as session, session.begin():
             session.add(pull)
+
+    def reserve_pull(self, pull: Pull, since: dt.datetime, check: Callable[[Usage], None]) -> None:
+        """Insert ``pull`` if ``check`` accepts its project's usage since ``since``: one write
+        transaction, so concurrent reservations see each other. ``check`` raises to refuse;
+        a refused pull leaves nothing."""
+        with self._write() as session:
+            check(_usage(session, pull.project, since))
+            session.add(pull)
+
+    def record_progress(self, pull_id: str, project: str, since: dt.datetime,
+                        decide: Callable[[Usage], dict[str, int]]) -> dict[str, int]:
+        """Update a running pull with what ``decide`` returns for the usage of the project's
+        other pulls since ``since`` (``bytes_received``, ``instances_total``); ``decide``
+        raises to refuse. One write transaction, in SQL expressions rather than ORM objects
+        (it runs while objects arrive)."""
+        with self.engine.connect() as connection:
+            if self.sqlite:
+                connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+            with connection.begin():
+                values = decide(_usage(connection, project, since, excluding=pull_id))
+                connection.execute(update(Pull).where(Pull.id == pull_id).values(**values))
+        return values
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction; ``BEGIN IMMEDIATE`` on SQLite (the write lock first)."""
+        with self.engine.connect() as connection:
+            if self.sqlite:
+                connection = connection.execution_options(sqlite_begin="IMMEDIATE")
+            with Session(bind=connection, expire_on_commit=False) as session, session.begin():
+                yield session
 
     def update_pull(self, pull_id: str, **changes: object) -> Pull:
         with self.session() as session, session.begin():
@@ -171,3 +211,33 @@ class GatewayState:
     def interrupted_pulls(self) -> list[Pull]:
         with self.session() as session:
             return list(session.scalars(select(Pull).where(Pull.status == "running")))
+
+
+def _usage(session: Session | Connection, project: str, since: dt.datetime,
+           excluding: str | None = None) -> Usage:
+    instances = case((Pull.status == "running", Pull.instances_total), else_=Pull.instances_done)
+    query = select(
+        func.coalesce(func.sum(Pull.studies), 0),
+        func.coalesce(func.sum(instances), 0),
+        func.coalesce(func.sum(Pull.bytes_received), 0),
+    ).where(Pull.project == project, Pull.created >= since, Pull.status != "failed")
+    if excluding is not None:
+        query = query.where(Pull.id != excluding)
+    row = session.execute(query).one()
+    return Usage(int(row[0]), int(row[1]), int(row[2]))
+
+
+def _sqlite_connect(dbapi_connection: Any, _connection_record: Any) -> None:
+    # SQLAlchemy's 'begin' event issues BEGIN itself (pysqlite would defer it). WAL with
+    # synchronous=NORMAL: a pull's byte count is written per object without a sync each.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
