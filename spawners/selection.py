@@ -183,6 +183,44 @@ def resolve_selection(
     return Selection(project, profile, mounts.granted, mounts.refused)
 
 
+def resolve_selection_for(
+    config: WorkbenchConfig,
+    owner: str,
+    requester: str,
+    user_options: dict[str, Any],
+    today: dt.date,
+    *,
+    now: dt.datetime,
+) -> Selection:
+    """:func:`resolve_selection` for a start that ``requester`` asks for on ``owner``'s
+    server, when ``requester`` is neither the owner nor allowed to start anyone's servers
+    (the hub's ``start:servers`` scope without a filter: admins, the hub's own services).
+
+    That is a teacher acting on a student through the session's group scopes, and a
+    teacher starts course servers, nothing else: only a session that ``requester`` teaches
+    and ``owner`` attends (the default when there is one open such session). The student's
+    own projects would otherwise be started, charged and mounted by the teacher; the
+    refusal does not name them.
+    """
+    taught = [s for s in config.sessions_of(owner) if requester in s.teachers and owner in s.students]
+    options = user_options if isinstance(user_options, dict) else {}
+    project_id = options.get("project")
+    if not project_id:  # the one open session, else the one session (its window refuses)
+        open_now = [s for s in taught if teaching.may_use(s, owner, now)]
+        implied = open_now if open_now else taught
+        project_id = implied[0].id if len(implied) == 1 else None
+    session = next((s for s in taught if s.id == project_id), None)
+    if session is None:
+        raise SelectionRefused(
+            f"{requester} may start {owner}'s servers only for a teaching session that "
+            f"{requester} teaches and {owner} attends ("
+            + (", ".join(s.id for s in taught) or "there is none")
+            + f"); other servers are started by {owner}.",
+            reason="not_owner",
+        )
+    return resolve_selection(config, owner, {**options, "project": session.id}, today, now=now)
+
+
 def _session_selection(
     config: WorkbenchConfig,
     username: str,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jupyterhub.scopes import has_scope
 from jupyterhub.utils import maybe_future
 from traitlets import Bool, Callable, Float, HasTraits, Unicode, default
 
@@ -34,6 +35,7 @@ from .selection import (
     SelectionRefused,
     choices_for,
     resolve_selection,
+    resolve_selection_for,
     selection_from_state,
 )
 
@@ -177,16 +179,52 @@ class WorkbenchSpawnerMixin(HasTraits):
         return await maybe_future(super().run_pre_spawn_hook())  # type: ignore[misc]
 
     def check_selection(self, user_options: dict[str, Any]) -> Selection:
+        owner = self.user.name  # type: ignore[attr-defined]
+        requester = self.requester()
         try:
-            selection = resolve_selection(
-                self.workbench, self.user.name, user_options, self.today(), now=self.now()
-            )
+            if requester is None:
+                selection = resolve_selection(
+                    self.workbench, owner, user_options, self.today(), now=self.now()
+                )
+            else:  # a teacher starting a student's server: the session's server only
+                selection = resolve_selection_for(
+                    self.workbench, owner, requester, user_options, self.today(), now=self.now()
+                )
         except SelectionRefused as refusal:
-            raise spawn_error(refusal.message, reason=refusal.reason, status_code=400) from None
+            status = 403 if refusal.reason == "not_owner" else 400
+            raise spawn_error(refusal.message, reason=refusal.reason, status_code=status) from None
         why_not = self.profile_unavailable(selection.profile)
         if why_not:
             raise spawn_error(why_not, reason="profile_unavailable", status_code=400)
         return selection
+
+    def requester(self) -> str | None:
+        """Who asked for this start when it is limited to teaching sessions: None for the
+        owner, for admins and services holding ``start:servers`` without a filter, and for
+        starts without a request (the hub's handler is gone); else the user's name.
+
+        JupyterHub hands the requesting handler to the spawner for the spawn
+        (``Spawner.handler``); its ``current_user`` is the token's or the cookie's owner
+        alike (a ``User``, or an ``orm.Service`` with ``kind == "service"``), and its
+        ``parsed_scopes`` are that request's scopes. Stopping cannot be limited this way:
+        the hub runs no spawner hook that may refuse a stop, and its scopes filter by user,
+        group or server name, never by what a server runs (see
+        :func:`services.teaching.rules.teacher_scopes`).
+        """
+        handler = getattr(self, "handler", None)
+        if handler is None:
+            return None
+        try:
+            who = handler.current_user
+        except RuntimeError:  # a handler that never authenticated (not a hub request)
+            who = None
+        if who is None:
+            return ""  # nobody may start someone else's server anonymously
+        if getattr(who, "kind", "user") == "user" and who.name == self.user.name:  # type: ignore[attr-defined]
+            return None
+        if has_scope("start:servers", getattr(handler, "parsed_scopes", None) or {}):
+            return None
+        return str(who.name)
 
     def _record_resolved_options(self, selection: Selection) -> None:
         """Options left implicit (one project, the default profile, a student's session)

@@ -4,7 +4,8 @@ Each round compares what the YAML and the clock say (:func:`plan`, pure) with wh
 has, and acts through the hub's REST API:
 
 * a session's group holds its students until the end of the window, then nobody (teachers'
-  scopes are limited to that group, so their reach ends with it);
+  scopes are limited to that group, so their reach ends with it); students with research
+  access are never in it, and are named in a warning (:func:`.rules.member_students`);
 * at the end of the window every server started for the session is stopped;
 * logins end by themselves (the authenticator refuses outside the window and on refresh).
 
@@ -32,7 +33,7 @@ from hub_config.loader import cached_config
 from hub_config.model import WorkbenchConfig
 from services.managed import is_managed, stop_when_orphaned
 
-from .rules import group_members, window_state
+from .rules import group_members, member_students, window_state
 
 log = logging.getLogger("teaching")
 
@@ -66,7 +67,7 @@ def plan(
     users = list(users)
     actions: list[Action] = []
     for session in config.teaching:
-        want = set(group_members(session, now))
+        want = set(group_members(config, session, now))
         have = groups.get(session.group)
         if have is None:
             actions.append(Action("create_group", session.id, session.group))
@@ -174,15 +175,26 @@ async def run(
     interval: float,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
 ) -> None:
+    warned: set[str] = set()
     while not stop.is_set():
         try:
-            await reconcile_once(hub, config(), clock())
+            current = config()
+            warned = warn_once(member_students(current), warned)
+            await reconcile_once(hub, current, clock())
         except Exception:  # the loop must survive a hub restart or a bad round
             log.exception("teaching: reconcile round failed; retrying next round")
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
         except TimeoutError:
             pass
+
+
+def warn_once(warnings: list[str], said: set[str]) -> set[str]:
+    """Log the warnings not logged yet (at start, and after an edit of the YAML)."""
+    for line in warnings:
+        if line not in said:
+            log.warning("teaching: %s", line)
+    return set(warnings)
 
 
 def main() -> None:

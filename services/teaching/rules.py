@@ -4,7 +4,8 @@ A session's window is [starts, ends). Students may log in and start servers only
 Teachers may log in and start their own session server from any time until the end (to
 prepare), and can open, start and stop their students' servers through hub scopes limited
 to the session's group (:func:`teacher_role`). People who are also project members or admins
-log in as usual; a session adds to what they may do, it never takes away.
+log in as usual; a session adds to what they may do, it never takes away, and it gives the
+teachers no reach over them: they stay out of the session's group (:func:`member_students`).
 """
 
 from __future__ import annotations
@@ -134,6 +135,13 @@ def teacher_scopes(session: TeachingSession) -> list[str]:
     Open and use their servers (``access:servers``), start and stop them (``servers``), see
     them and their servers (``read:users``, ``read:servers``), list the group (``read:groups``,
     ``list:users``) and use the hub's admin page filtered to them (``admin-ui``).
+
+    JupyterHub filters scopes by user, group or server name, never by what a server runs,
+    so these reach every server of the group's members: a student with research access is
+    therefore never in the group (:func:`member_students`), and the spawner lets a teacher
+    start the session's server only (``spawners.selection.resolve_selection_for``).
+    Stopping cannot be narrowed per server: the hub runs no hook that may refuse a stop,
+    and a ``servers!server=`` filter would have to name a server before it exists.
     """
     group = session.group
     return [
@@ -147,6 +155,40 @@ def teacher_scopes(session: TeachingSession) -> list[str]:
     ]
 
 
+def research_students(config: WorkbenchConfig, session: TeachingSession) -> list[str]:
+    """The session's students who also have research access (project members, stewards,
+    admins: :meth:`WorkbenchConfig.all_users`). They stay out of the session's group."""
+    research = config.all_users()
+    return sorted(s for s in session.students if s in research)
+
+
+def member_students(config: WorkbenchConfig) -> list[str]:
+    """Warnings (for the hub's log) naming the students kept out of their session's group.
+
+    JupyterHub's scopes filter by user, group or server name, never by what a server runs:
+    through ``servers!group=`` a teacher could stop any server of a student in the group,
+    and through ``access:servers!group=`` open any of them in a browser (the hub resolves
+    the group when it authorizes OAuth), a research server with its project's datasets
+    mounted included. Starting is narrowed by the spawner (a teacher starts the session's
+    server only), but stopping and opening cannot be. So a student who also has research
+    access is not put in the session's group: the teachers cannot reach any of their
+    servers, the course server included. Not a configuration error: a researcher taking a
+    course is ordinary; a separate course account gives the teachers their usual reach.
+    """
+    warnings = []
+    for session in config.teaching:
+        teachers = ", ".join(sorted(session.teachers))
+        for student in research_students(config, session):
+            projects = ", ".join(p.id for p in config.projects_of(student)) or "no project"
+            warnings.append(
+                f"{student} is a student of teaching session {session.id} and has research "
+                f"access ({projects}): kept out of group {session.group}, so the teachers "
+                f"({teachers}) cannot open, stop or start any of {student}'s servers, the "
+                f"course server included. Give {student} a separate course account if they must."
+            )
+    return warnings
+
+
 def teacher_role(session: TeachingSession) -> dict[str, object]:
     return {
         "name": f"teaching-{session.id}-teachers",
@@ -156,9 +198,12 @@ def teacher_role(session: TeachingSession) -> dict[str, object]:
     }
 
 
-def group_members(session: TeachingSession, now: dt.datetime) -> list[str]:
-    """Who is in the session's group now: the students until the end, nobody after."""
-    return [] if window_state(session, now) == "ended" else sorted(session.students)
+def group_members(config: WorkbenchConfig, session: TeachingSession, now: dt.datetime) -> list[str]:
+    """Who is in the session's group now: the students until the end, nobody after; never
+    a student with research access (:func:`member_students` says why)."""
+    if window_state(session, now) == "ended":
+        return []
+    return sorted(set(session.students) - set(research_students(config, session)))
 
 
 def hub_roles(config: WorkbenchConfig) -> list[dict[str, object]]:
@@ -168,6 +213,6 @@ def hub_roles(config: WorkbenchConfig) -> list[dict[str, object]]:
 def hub_groups(config: WorkbenchConfig, now: dt.datetime) -> dict[str, dict[str, object]]:
     """``c.JupyterHub.load_groups``: one group per session (the reconciler keeps it current)."""
     return {
-        s.group: {"users": group_members(s, now), "properties": {"teaching_session": s.id}}
+        s.group: {"users": group_members(config, s, now), "properties": {"teaching_session": s.id}}
         for s in config.teaching
     }
