@@ -8,10 +8,15 @@ gzip or zip member that is DICOM counts as a file.
 
 For each file the identifying values of the original are collected, the file is
 de-identified with burned-in annotation allowed (the check is about the header),
-written with ``dcmwrite(..., enforce_file_format=True)``, and the output bytes are
-searched for each value, encoded in the file's own character set (through
-pydicom's charset encoding, ISO 2022 escapes included), in UTF-8, and as the raw
-bytes the original file held.
+written with ``dcmwrite(..., enforce_file_format=True)``, and searched twice:
+
+* the output bytes, for each value encoded in the file's own character set (through
+  pydicom's charset encoding, ISO 2022 escapes included), in UTF-8, and as the raw
+  bytes the original file held;
+* the output's values (every element at any depth but binary ones, and the file
+  meta), compared in a normalised form: NFKC, case folded, accents stripped.  A name
+  that survives as ``QUUXLEY`` in a code string, or decomposed, or without its
+  accents, is found here.
 
 Which values are checked (the rules):
 
@@ -24,8 +29,9 @@ Which values are checked (the rules):
   three characters or more;
 * every DA value and the date of every DT value (all dates are shifted, the birth
   date is emptied, so no original date may remain);
-* every UID of a UI element that is not a well-known UID (pydicom's UID dictionary,
-  the 1.2.840.10008 root) and not a class, syntax or coding-scheme UID.
+* every UID of a UI element that is not well known (exactly an entry of pydicom's UID
+  dictionary or of the de-identifier's documented class and coding-scheme UIDs),
+  whatever the attribute: a class UID that is not well known is remapped too.
 
 False positives that are not leaks, and are counted but not failed:
 
@@ -33,9 +39,9 @@ False positives that are not leaks, and are counted but not failed:
 * values contained (case-insensitively) in one of the constant strings the
   de-identifier writes itself (DUMMY_TEXT, the method names and code meanings),
   e.g. a PatientName of "ANON";
-* values the original also holds in an attribute the profile keeps unchanged
-  because it describes equipment or codes (SAFE_TEXT_KEYWORDS), e.g. an
-  InstitutionName "TOSHIBA" equal to the Manufacturer;
+* values that are words of the standard's vocabulary for code strings
+  (CODE_STRING_VOCABULARY), which the de-identifier keeps whatever the record holds,
+  e.g. a test patient called "Text" and an SR ValueType TEXT;
 * hits inside binary values (pixel data, ICC profiles, ...) carried unchanged
   from the input: pixel data is not changed by the header profile, and text in
   pixels is the burned-in annotation rule's concern.  Such a hit is a leak only
@@ -60,6 +66,7 @@ import json
 import os
 import re
 import time
+import unicodedata
 import warnings
 import zipfile
 from collections import Counter
@@ -79,9 +86,8 @@ from pydicom.valuerep import PersonName
 
 from services.sample_gateway import annex_e
 from services.sample_gateway.deidentify import (
-    CLASS_UID_KEYWORDS,
+    CODE_STRING_VOCABULARY,
     DUMMY_TEXT,
-    SAFE_TEXT_KEYWORDS,
     DeidPolicy,
     UnsupportedObject,
     deidentify,
@@ -132,6 +138,8 @@ FIXED_STRINGS = [
     "MODIFIED",
 ]
 _DIGITS_AND_DOTS = re.compile(rb"^[0-9.]+$")
+_VOCABULARY = frozenset(word.casefold() for word in CODE_STRING_VOCABULARY)
+_BINARY_VRS = ("OB", "OW", "OD", "OF", "OL", "OV", "UN")
 
 
 # ---------------------------------------------------------------------------
@@ -288,6 +296,9 @@ class Collector:
         if any(text.casefold() in fixed.casefold() for fixed in FIXED_STRINGS):
             self.skipped["deidentifier_constant"] += 1
             return
+        if text.casefold() in _VOCABULARY:
+            self.skipped["standard_vocabulary"] += 1
+            return
         numeric = numeric or bool(_DIGITS_AND_DOTS.match(text.encode("utf-8")))
         needle = self.needles.setdefault((kind, text), Needle(kind, text, numeric=numeric))
         needle.variants |= _encode(text, encodings, person_name=kind.startswith("PN"))
@@ -295,17 +306,13 @@ class Collector:
             needle.variants.add(raw)
 
 
-def collect(ds: Dataset) -> tuple[list[Needle], Counter, set[str]]:
-    """The identifying values of `ds` and the values it holds in kept attributes."""
+def collect(ds: Dataset) -> tuple[list[Needle], Counter]:
+    """The identifying values of `ds`, and how many were not checked, by reason."""
     collector = Collector()
-    kept: set[str] = set()
-    class_uid_keywords = set(CLASS_UID_KEYWORDS)
     for elem, raw, encodings in _walk(ds, _encodings_of(ds)):
         if elem.tag.is_private and elem.VR != "PN":
             continue  # a private PN is a name like any other
         keyword = elem.keyword
-        if keyword in SAFE_TEXT_KEYWORDS:
-            kept.update(str(v) for v in _values(elem.value))
         if elem.VR == "PN":
             for value in _values(elem.value):
                 text = str(value)
@@ -329,18 +336,12 @@ def collect(ds: Dataset) -> tuple[list[Needle], Counter, set[str]]:
                 date = str(value).strip()[:8]
                 if len(date) == 8 and date.isdigit():
                     collector.add("date", date, encodings, numeric=True)
-        elif elem.VR == "UI" and keyword not in class_uid_keywords:
+        elif elem.VR == "UI":
             for value in _values(elem.value):
                 uid = str(value).strip().rstrip("\x00")
                 if uid and not is_well_known_uid(uid):
                     collector.add("UID", uid, ["iso8859"], numeric=True)
-    needles = []
-    for needle in collector.needles.values():
-        if any(needle.text in value for value in kept):
-            collector.skipped["also_in_kept_attribute"] += 1
-            continue
-        needles.append(needle)
-    return needles, collector.skipped, kept
+    return list(collector.needles.values()), collector.skipped
 
 
 def _count(haystack: bytes, variant: bytes, numeric: bool) -> int:
@@ -352,9 +353,40 @@ def _count(haystack: bytes, variant: bytes, numeric: bool) -> int:
 def binary_values(ds: Dataset) -> list[bytes]:
     values = []
     for elem in ds.iterall():
-        if elem.VR in ("OB", "OW", "OD", "OF", "OL", "OV", "UN") and isinstance(elem.value, bytes):
+        if elem.VR in _BINARY_VRS and isinstance(elem.value, bytes):
             values.append(elem.value)
     return values
+
+
+def normalised(text: str) -> str:
+    """NFKC, case folded, accents stripped: the form values are compared in."""
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    return "".join(ch for ch in text if not unicodedata.combining(ch))
+
+
+def normalised_values(ds: Dataset) -> str:
+    """Every non-binary value of `ds` at any depth and of its file meta, normalised,
+    one a line."""
+    elements = list(ds.iterall()) + list(getattr(ds, "file_meta", None) or ())
+    lines = []
+    for elem in elements:
+        if elem.VR == "SQ" or elem.VR in _BINARY_VRS:
+            continue
+        lines.extend(normalised(str(v)) for v in _values(elem.value))
+    return "\n".join(lines)
+
+
+def normalised_leaks(values: str, needles: list[Needle]) -> list[str]:
+    """Needles found, as whole words, in the normalised values (see :func:`normalised`)."""
+    found = []
+    for needle in needles:
+        key = normalised(needle.text)
+        if len(key) < MIN_LENGTH or key not in values:
+            continue
+        edge = r"[\d.]" if needle.numeric else r"[^\W_]"
+        if re.search(rf"(?<!{edge}){re.escape(key)}(?!{edge})", values):
+            found.append(f"{needle.kind} {needle.text!r} (in a value, normalised)")
+    return found
 
 
 def leaks_in(output: bytes, out_ds: Dataset, needles: list[Needle]) -> list[str]:
@@ -417,7 +449,7 @@ def test_no_identifying_value_survives_in_the_offline_corpus() -> None:
         if any("burned-in" in w for w in result.report.warnings):
             refusals_without_allowance += 1
         counts["files_deidentified"] += 1
-        needles, skipped, _ = collect(ds)
+        needles, skipped = collect(ds)
         counts["values_checked"] += len(needles)
         counts["encoded_variants_checked"] += sum(len(n.variants) for n in needles)
         for needle in needles:
@@ -431,6 +463,7 @@ def test_no_identifying_value_survives_in_the_offline_corpus() -> None:
             else:
                 failures.setdefault(label, []).append("pixel data changed")
         leaks = leaks_in(output, result.dataset, needles)
+        leaks += normalised_leaks(normalised_values(result.dataset), needles)
         if leaks:
             failures.setdefault(label, []).extend(leaks)
     elapsed = time.monotonic() - started
@@ -478,11 +511,12 @@ def test_whole_word_matching() -> None:
 
 def test_checker_finds_planted_leaks() -> None:
     ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
-    needles, _, _ = collect(ds)
+    needles, _ = collect(ds)
     result = deidentify(ds, KEYS, POLICY)
     clean = io.BytesIO()
     pydicom.dcmwrite(clean, result.dataset, enforce_file_format=True)
     assert leaks_in(clean.getvalue(), result.dataset, needles) == []
+    assert normalised_leaks(normalised_values(result.dataset), needles) == []
     planted = result.dataset
     planted.Manufacturer = "CompressedSamples scanner"
     planted.ManufacturerModelName = ds.SOPInstanceUID
@@ -500,7 +534,7 @@ def test_checker_encodes_names_in_the_file_character_set(name: str) -> None:
     path = next(p for p in pydicom.data.get_charset_files() if p.endswith(name))
     ds = pydicom.dcmread(path)
     original = Path(path).read_bytes()
-    needles, _, _ = collect(ds)
+    needles, _ = collect(ds)
     names = [n for n in needles if n.kind.startswith("PN") and not n.text.isascii()]
     assert names, "the file should hold a non-ASCII name"
     for needle in names:  # found through the charset encoding, not UTF-8 or raw bytes
@@ -508,3 +542,17 @@ def test_checker_encodes_names_in_the_file_character_set(name: str) -> None:
         encoded.discard(needle.text.encode("utf-8"))
         assert any(variant in original for variant in encoded), needle.text
     assert leaks_in(original, ds, needles), "the unmodified file must count as a leak"
+
+
+def test_checker_finds_names_in_another_unicode_form_or_case() -> None:
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm", download=False))
+    ds.PatientName = "Quuxley^Jérôme"
+    needles, _ = collect(ds)
+    planted = deidentify(ds, KEYS, POLICY).dataset
+    assert normalised_leaks(normalised_values(planted), needles) == []
+    planted.ImageType = ["DERIVED", "SECONDARY", "QUUXLEY"]  # upper case, as CS has it
+    planted.ConvolutionKernel = unicodedata.normalize("NFD", "Jérôme")
+    planted.SeriesDescription = "thorax jerome"  # accents dropped
+    found = " ".join(normalised_leaks(normalised_values(planted), needles))
+    assert "'Quuxley'" in found and "'Jérôme'" in found
+    assert found.count("Jérôme") == 1  # one finding per needle

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import warnings
 
@@ -23,7 +24,11 @@ from pydicom.uid import UID, generate_uid
 
 from services.sample_gateway import annex_e
 from services.sample_gateway.deidentify import (
+    _TERM_KEYWORDS_WHOLE,
+    _TERM_KEYWORDS_WORDS,
+    CODE_STRING_VOCABULARY,
     DEFAULT_KEEP_DESCRIPTORS,
+    DOCUMENTED_UIDS,
     SAFE_TEXT_KEYWORDS,
     BurnedInAnnotationRefused,
     DeidError,
@@ -33,6 +38,7 @@ from services.sample_gateway.deidentify import (
     clean_descriptor,
     deidentify,
     identifying_terms,
+    is_instance_uid_keyword,
     is_well_known_uid,
     patient_age,
 )
@@ -258,7 +264,41 @@ def test_policy_refuses_an_identifying_descriptor() -> None:
 def test_well_known_uids() -> None:
     assert is_well_known_uid("1.2.840.10008.5.1.4.1.1.2")
     assert is_well_known_uid("1.2.840.10008.1.2.4.50")
+    assert is_well_known_uid("1.3.12.2.1107.5.9.1")  # a documented private SOP class
     assert not is_well_known_uid("1.3.6.1.4.1.5962.1.2.1.20040119072730.12322")
+    assert not is_well_known_uid("1.2.840.10008.5.1.4.1.1.2.1234")  # the root is not enough
+
+
+def test_documented_uids_are_valid_and_not_in_the_dictionary() -> None:
+    for uid in DOCUMENTED_UIDS:
+        assert UID(uid).is_valid, uid
+        assert uid not in pydicom.uid.UID_dictionary, uid
+
+
+@pytest.mark.parametrize(
+    ("keyword", "instance"),
+    [("SOPInstanceUID", True), ("ReferencedSOPInstanceUID", True),
+     ("FrameOfReferenceUID", True), ("ReferencedFrameOfReferenceUID", True),
+     ("SOPInstanceUIDOfConcatenationSource", True), ("SOPClassUID", False),
+     ("TransferSyntaxUID", False), ("CodingSchemeUID", False)],
+)
+def test_instance_uid_keywords(keyword: str, instance: bool) -> None:
+    assert is_instance_uid_keyword(keyword) is instance
+
+
+def test_code_string_vocabulary_is_valid_code_strings() -> None:
+    for word in CODE_STRING_VOCABULARY:
+        assert re.fullmatch(r"[A-Z0-9_ ]{1,16}", word), word
+
+
+def test_terms_come_from_attributes_the_profile_removes_or_pseudonymises() -> None:
+    # The airlock refuses a de-identified file in which identifying_terms() still finds
+    # anything but a pseudonym: every attribute it reads must leave the profile empty.
+    for keyword in _TERM_KEYWORDS_WHOLE + _TERM_KEYWORDS_WORDS:
+        if keyword in ("PatientID", "AccessionNumber"):
+            continue  # pseudonymised
+        row = annex_e.BASIC_PROFILE[int(pydicom.datadict.tag_for_keyword(keyword))]
+        assert annex_e.resolve_action(row, POLICY.options) in ("X", "Z"), keyword
 
 
 # ---------------------------------------------------------------------------
@@ -458,6 +498,11 @@ def test_descriptors_are_cleaned() -> None:
         ("Series 3 of 12", "Series 3 of 12"),
         ("DOE_HEAD", "HEAD"),  # underscores separate words
         ("Doerum knee", "Doerum knee"),  # only whole words of the terms
+        ("DOË knee", "knee"),  # compared without accents and case
+        ("Doe2 knee", "2 knee"),  # a digit does not make another word
+        ("EPIQ 7C_1.7.1.24", "EPIQ 7C_1.7.1.24"),  # a version, not a date
+        ("V5.00.02", "V5.00.02"),
+        ("12.31.2021 knee", "knee"),  # month first
     ],
 )
 def test_clean_descriptor(text: str, expected: str) -> None:
@@ -472,6 +517,16 @@ def test_identifying_terms() -> None:
     assert {"hansen", "jens peter", "jens", "peter", "0101901234", "ripa123456",
             "rigshospitalet", "glostrup", "nielsen"} <= terms
     assert "a" not in terms
+
+
+def test_identifying_terms_are_normalised_and_split_at_hyphens() -> None:
+    ds = _patient()
+    ds.PatientName = "ＳØＧＡＡＲＤ-Ærø^Åse"  # fullwidth letters: NFKC
+    ds.InstitutionName = "Glostrup Medical Center"
+    terms = identifying_terms(ds)
+    assert {"søgaard-ærø", "søgaard", "ærø", "åse", "glostrup medical center",
+            "glostrup"} <= terms
+    assert "medical" not in terms and "center" not in terms  # generic words name no place
 
 
 def test_fail_closed_for_unknown_and_unlisted_text() -> None:

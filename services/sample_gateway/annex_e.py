@@ -39,7 +39,10 @@ Option columns kept here (a letter per option in each row's ``flags``):
 ``P``  Retain Patient Characteristics: ``K``
 ``p``  Retain Patient Characteristics: ``C`` (free text; this gateway removes it)
 
-The table is data: the facts of the standard, not anyone's code.
+The table is data: the facts of the standard, not anyone's code.  So are the other
+facts of the standard the de-identifier relies on, at the end of this module: words
+of PS3.3 that a code string holds whatever the patient, coding schemes of PS3.16, and
+the class and coding-scheme UIDs outside pydicom's UID dictionary it keeps.
 """
 
 from __future__ import annotations
@@ -781,3 +784,98 @@ def resolve_basic(code: str) -> str:
     if "Z" in code:
         return "Z"
     return "X"  # X/D
+
+
+# ---------------------------------------------------------------------------
+# Other facts of the standard the de-identifier keeps values by
+
+#: Defined terms and enumerated values of PS3.3 that a code string (CS) holds whatever
+#: the patient.  They stay even when a name or an ID of the record is the same word (a
+#: name part "Mr" and Modality MR; a test patient called "Perfusion"): a word of the
+#: standard says nothing about anyone, and emptying Modality, PhotometricInterpretation
+#: or an SR ValueType breaks the object.
+CODE_STRING_VOCABULARY = frozenset(
+    {
+        # Modality (C.7.3.1.1.1), retired ones included
+        "AR", "ASMT", "AU", "BDUS", "BI", "BMD", "CD", "CF", "CFM", "CP", "CR", "CS", "CT",
+        "CTPROTOCOL", "DD", "DF", "DG", "DM", "DMS", "DOC", "DS", "DX", "EC", "ECG", "EEG",
+        "EMG", "EOG", "EPS", "ES", "FA", "FID", "FS", "GM", "HC", "HD", "IO", "IOL",
+        "IVOCT", "IVUS", "KER", "KO", "LEN", "LP", "LS", "M3D", "MA", "MG", "MR", "MS",
+        "NM", "OAM", "OCT", "OP", "OPM", "OPR", "OPT", "OPTBSV", "OPTENF", "OPV", "OSS",
+        "OT", "PA", "PLAN", "POS", "PR", "PT", "PX", "REG", "RESP", "RF", "RG", "RTDOSE",
+        "RTIMAGE", "RTINTENT", "RTPLAN", "RTRAD", "RTRECORD", "RTSEGANN", "RTSTRUCT",
+        "RWV", "SEG", "SM", "SMR", "SR", "SRF", "ST", "STAIN", "TEXTUREMAP", "TG", "US",
+        "VA", "VF", "XA", "XAPROTOCOL", "XC",
+        # Image Type and Frame Type values
+        "ORIGINAL", "DERIVED", "PRIMARY", "SECONDARY", "AXIAL", "LOCALIZER", "SCOUT",
+        "REFORMATTED", "MPR", "MIP", "MINIP", "MAX_IP", "MIN_IP", "CURVED_MPR",
+        "VOLUME_RENDER", "SURFACE_RENDER", "PROJECTION IMAGE", "VOLUME", "SAMPLED",
+        "DISTORTED", "MIXED", "NONE", "OTHER", "PERFUSION", "DIFFUSION", "ADC", "TRACEW",
+        "MOSAIC", "DIXON", "WATER", "FAT", "IN_PHASE", "OUT_PHASE", "MAGNITUDE", "PHASE",
+        "REAL", "IMAGINARY", "ANGIO", "CINE", "DYNAMIC", "STATIC", "GATED", "WHOLE BODY",
+        "TOMO", "RECON TOMO", "EMISSION", "TRANSMISSION", "SUBTRACTION", "RCBF", "RCBV",
+        "MTT", "TTP", "DRR", "PORTAL", "SIMULATOR", "FLUENCE", "LABEL", "OVERVIEW",
+        "THUMBNAIL", "ATTENUATION", "DOSE", "STATIONARY", "CALIBRATION",
+        # Photometric Interpretation, Lossy Image Compression Method, Pixel Presentation
+        "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "ARGB", "CMYK", "HSV",
+        "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT",
+        "YBR_RCT", "XYB", "ISO_10918_1", "ISO_14495_1", "ISO_15444_1", "ISO_15444_15",
+        "ISO_13818_2", "ISO_14496_10", "ISO_23008_2", "ISO_18181_1", "MONOCHROME", "COLOR",
+        "TRUE_COLOR",
+        # Structured reports: value types, relationships, continuity, flags, graphics
+        "TEXT", "NUM", "CODE", "DATETIME", "DATE", "TIME", "UIDREF", "PNAME", "COMPOSITE",
+        "IMAGE", "WAVEFORM", "SCOORD", "SCOORD3D", "TCOORD", "CONTAINER", "TABLE",
+        "CONTAINS", "HAS PROPERTIES", "HAS OBS CONTEXT", "HAS ACQ CONTEXT", "INFERRED FROM",
+        "SELECTED FROM", "HAS CONCEPT MOD", "SEPARATE", "CONTINUOUS", "PARTIAL",
+        "COMPLETE", "UNVERIFIED", "VERIFIED", "POINT", "MULTIPOINT", "POLYLINE", "CIRCLE",
+        "ELLIPSE", "POLYGON", "ELLIPSOID", "SEGMENT", "MULTISEGMENT",
+        # Patient Position; presentation intent; conversion type; rescale type; LUTs
+        "HFP", "HFS", "HFDR", "HFDL", "FFP", "FFS", "FFDR", "FFDL", "LFP", "LFS", "RFP",
+        "RFS", "AFDR", "AFDL", "PFDR", "PFDL", "FOR PRESENTATION", "FOR PROCESSING",
+        "DV", "DI", "WSD", "SD", "SI", "DRW", "SYN", "HU", "OD", "MGML", "IDENTITY",
+        "INVERSE", "LINEAR", "LINEAR_EXACT", "SIGMOID",
+        # flags
+        "YES", "NO", "UNKNOWN", "ON", "OFF", "TRUE", "FALSE", "MALE", "FEMALE",
+    }
+)
+
+
+#: Coding scheme designators of PS3.16 Table 8-1 beyond those of pydicom's concept
+#: dictionary (whose codes the de-identifier keeps whole).  A standard scheme's
+#: designator is kept, and its code values may be long numbers (CPT, SNOMED); a local
+#: scheme's code value with five digits is an ID.
+MORE_CODING_SCHEMES = frozenset(
+    {"ACR", "ASTM-sigpurpose", "BI", "C4", "C5", "CD2", "DC", "DCMUID", "HPC", "I10C",
+     "I10P", "I9", "I9C", "ISO3166_1", "ISO639_1", "ISO639_2", "ISO639_3", "MA", "MDNS",
+     "MGI", "NCDR", "NICIP", "NYUMCCG", "PATHLEX", "POS", "RADELEMENT", "RFC3066",
+     "RFC5646", "RO", "RRID", "SCPECG", "SNM3", "SRT", "UBERON", "UNS", "UPC", "99SDM"}
+)
+
+
+#: UIDs outside pydicom's UID dictionary that name a class or a coding scheme, never
+#: an instance: kept as they are.  Everything else not in the dictionary is remapped.
+DOCUMENTED_UIDS: Mapping[str, str] = MappingProxyType(
+    {
+        # Private SOP classes
+        "1.3.12.2.1107.5.9.1": "Siemens CSA Non-Image Storage",
+        # Coding schemes, PS3.16 Table 8-1 (the DICOM-rooted ones are in the dictionary)
+        "2.16.840.1.113883.6.96": "SNOMED CT (SCT, SRT)",
+        "2.16.840.1.113883.6.1": "LOINC (LN)",
+        "2.16.840.1.113883.6.8": "UCUM",
+        "2.16.840.1.113883.6.256": "RadLex (RADLEX)",
+        "2.16.840.1.113883.6.119": "FMA",
+        "2.16.840.1.113883.6.3": "ICD-10 (I10)",
+        "2.16.840.1.113883.6.4": "ICD-10-PCS (I10P)",
+        "2.16.840.1.113883.6.90": "ICD-10-CM (I10C)",
+        "2.16.840.1.113883.3.26.1.1": "NCI Thesaurus (NCIt)",
+        "2.16.840.1.113883.6.86": "UMLS",
+        "2.16.840.1.113883.6.76": "ACR Index (ACR)",
+        "2.16.840.1.113883.6.88": "RxNorm (RXNORM)",
+        "2.16.840.1.113883.6.177": "MeSH (MSH)",
+        "2.16.840.1.113883.6.69": "NDC",
+        "2.16.840.1.113883.6.210": "NeuroNames (NEU)",
+        "2.16.840.1.113883.6.51": "SNOMED V3 (SNM3)",
+        # Private coding scheme of DCMTK, in its structured reports
+        "1.2.276.0.7230010.3.0.0.1": "99_OFFIS_DCMTK",
+    }
+)

@@ -18,11 +18,19 @@ Rules, in the order they apply to every element at every depth:
    is kept, whole-day shifts leave it unchanged) and "clean" for the kept
    descriptors;
 6. any other element by its VR: SQ processed item by item; UI remapped unless it
-   names a class (SOP class, transfer syntax, coding scheme ...) or is a UID the
-   standard defines; DA/DT shifted; a text VR (LO, SH, ST, LT, UT, UC, PN, AE, UR,
-   UN) removed unless it is on :data:`SAFE_TEXT_KEYWORDS` or a kept descriptor
+   is exactly a UID of pydicom's dictionary or of :data:`DOCUMENTED_UIDS` (a class,
+   transfer syntax, coding scheme ...) and does not name an instance (instance UIDs
+   are always remapped); DA/DT shifted; a text VR (LO, SH, ST, LT, UT, UC, PN, AE,
+   UR, UN) removed unless it is on :data:`SAFE_TEXT_KEYWORDS` or a kept descriptor
    (fail closed: unknown, retired or new text attributes cannot leak); anything
-   else (codes, numbers, pixel data) kept.
+   else (code strings, numbers, pixel data) kept;
+7. every value kept by rules 5 and 6, at any depth, loses what identifies someone
+   (:class:`IdentifyingScreen`: the record's names, IDs and institution words, in
+   any Unicode form, and dates, CPR-like numbers, e-mail addresses, IDs): text is
+   cleaned; a code string value (CS) is emptied, a number (IS, DS, TM) emptied, a
+   URL removed, rather than edited into another valid-looking value; a code of the
+   standard (pydicom's concept dictionary) stays whole, any other code value,
+   designator or version is removed when it identifies.
 
 Then PatientIdentityRemoved, LongitudinalTemporalInformationModified,
 DeidentificationMethod and DeidentificationMethodCodeSequence are set, PatientAge is
@@ -36,10 +44,12 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from pydicom import charset as _charset
@@ -59,21 +69,27 @@ from pydicom.uid import (
 )
 
 from . import annex_e
+from .annex_e import CODE_STRING_VOCABULARY, DOCUMENTED_UIDS
 from .pseudonyms import ProjectKeys, shift_date
 
 __all__ = [
     "BurnedInAnnotationRefused",
+    "CODE_STRING_VOCABULARY",
     "DEFAULT_KEEP_DESCRIPTORS",
     "DeidError",
     "DeidPolicy",
     "DeidReport",
     "DeidResult",
+    "DOCUMENTED_UIDS",
+    "IdentifyingScreen",
     "SAFE_TEXT_KEYWORDS",
     "UnsupportedObject",
     "burned_in_risk",
     "clean_descriptor",
     "deidentify",
+    "fold",
     "identifying_terms",
+    "is_instance_uid_keyword",
     "is_well_known_uid",
 ]
 
@@ -121,7 +137,8 @@ SAFE_TEXT_KEYWORDS = frozenset(
 )
 
 #: UI attributes whose values name a class, a syntax or a scheme, never an
-#: instance: kept as they are.
+#: instance.  Their values are kept when well known (:func:`is_well_known_uid`) and
+#: remapped otherwise, like those of any other UI attribute that is not an instance's.
 CLASS_UID_KEYWORDS = frozenset(
     {
         "SOPClassUID", "ReferencedSOPClassUID", "MediaStorageSOPClassUID",
@@ -132,9 +149,9 @@ CLASS_UID_KEYWORDS = frozenset(
         "ImplementationClassUID",
     }
 )
-_CLASS_UID_TAGS = frozenset(int(tag_for_keyword(k)) for k in CLASS_UID_KEYWORDS)
 
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "AE", "UR", "UN"})
+_CLEANED_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 _BINARY_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
 _MAX_LENGTH = {"SH": 16, "LO": 64, "CS": 16, "AE": 16, "ST": 1024, "LT": 10240, "PN": 64}
 DUMMY_TEXT = "ANONYMIZED"
@@ -266,8 +283,10 @@ class DeidReport:
     ``counts`` per outcome (``removed``, ``emptied``, ``dummy``, ``pseudonymised``,
     ``uid_remapped``, ``date_shifted``, ``date_dropped``, ``private_removed``,
     ``fail_closed_removed``, ``descriptor_cleaned``, ``repeating_group_removed``,
-    ``unreadable_removed`` ...); ``removed``: keywords (or tags) removed;
-    ``cleaned``: descriptors that lost text in cleaning.
+    ``unreadable_removed``, and for kept values that held something identifying
+    ``kept_text_cleaned``, ``code_string_emptied``, ``number_emptied``,
+    ``identifying_value_removed``); ``removed``: keywords (or tags) removed;
+    ``cleaned``: kept attributes (descriptors included) that lost content.
     """
 
     counts: Counter[str] = field(default_factory=Counter)
@@ -370,28 +389,177 @@ def burned_in_risk(ds: Dataset) -> str | None:
 
 
 # ---------------------------------------------------------------------------
-# UIDs, descriptors
+# UIDs
 
 
 def is_well_known_uid(uid: str) -> bool:
-    """A UID the DICOM standard defines (SOP classes, transfer syntaxes, ...)."""
-    uid = uid.strip().rstrip("\x00")
-    return uid in UID_dictionary or uid.startswith("1.2.840.10008.")
+    """A UID kept as it is: exactly an entry of pydicom's UID dictionary (SOP classes,
+    transfer syntaxes, coding schemes ... of the standard) or of :data:`DOCUMENTED_UIDS`.
 
+    A UID that merely starts with the DICOM root ``1.2.840.10008.`` is not well known:
+    anyone can write one, digits of a CPR number included.
+    """
+    uid = uid.strip().rstrip("\x00")
+    return uid in UID_dictionary or uid in DOCUMENTED_UIDS
+
+
+def is_instance_uid_keyword(keyword: str) -> bool:
+    """A UI attribute that names an instance (an SOP instance, a study, a series, a frame
+    of reference, a reference to one of these): always remapped, whatever its value."""
+    return "InstanceUID" in keyword or keyword.endswith("FrameOfReferenceUID")
+
+
+# ---------------------------------------------------------------------------
+# Identifying content in the values the profile keeps
+
+#: Letters that NFKD leaves whole, folded as accent stripping folds the others.
+_FOLD = str.maketrans({"ø": "o", "æ": "ae", "œ": "oe", "đ": "d", "ð": "d", "þ": "th",
+                       "ł": "l", "ħ": "h", "ŧ": "t", "ı": "i"})
+#: How Danish and German names are written without their letters (Søgaard: Soegaard).
+_TRANSLITERATE = str.maketrans({"ø": "oe", "æ": "ae", "å": "aa", "ä": "ae", "ö": "oe",
+                                "ü": "ue"})
 
 _DATE_PATTERNS = (
     re.compile(r"(?<!\d)(?:1[89]|20)\d{2}[-./]?(?:0[1-9]|1[0-2])[-./]?(?:0[1-9]|[12]\d|3[01])(?!\d)"),
-    re.compile(r"(?<!\d)\d{1,2}[-./]\d{1,2}[-./](?:\d{4}|\d{2})(?!\d)"),
+    # not inside a longer dotted number: "1.7.1.24" is a version, not 7 January 2024
+    re.compile(r"(?<!\d)(?<!\d[-./])(?:0?[1-9]|[12]\d|3[01])[-./](?:0?[1-9]|[12]\d|3[01])"
+               r"[-./](?:\d{4}|\d{2})(?![-./]?\d)"),
     re.compile(r"(?<!\d)\d{6}-\d{4}(?!\d)"),  # Danish CPR number with a dash
 )
+#: A Danish CPR number: DDMMYY and four digits, with or without the dash.
+_CPR = re.compile(r"(?<!\d)(?:0[1-9]|[12]\d|3[01])(?:0[1-9]|1[0-2])\d{2}-?\d{4}(?!\d)")
 _EMAIL = re.compile(r"\S+@\S+")
+_SHAPES = (*_DATE_PATTERNS, _CPR, _EMAIL)
 _TOKEN = re.compile(r"[^\W_]+")
+_DIGITS = re.compile(r"\d+")
 _SEPARATORS = " \t-_,;:/|^.+"
+_LONG_DIGITS = 5
 
 
-def _remove_term(text: str, term: str) -> str:
-    pattern = r"(?<![^\W_])" + re.escape(term) + r"(?![^\W_])"
-    return re.sub(pattern, " ", text, flags=re.IGNORECASE)
+def normalise_term(text: str) -> str:
+    """NFKC, case folded: the form :func:`identifying_terms` returns."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def fold(text: str) -> str:
+    """The form values and terms are compared in: NFKC, case folded, accents and format
+    characters (zero-width spaces, soft hyphens) removed, ``ø``/``æ``/... folded."""
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    kept = (ch for ch in text
+            if not unicodedata.combining(ch) and unicodedata.category(ch) != "Cf")
+    return "".join(kept).translate(_FOLD)
+
+
+def _folded_with_owners(text: str) -> tuple[str, list[int] | None]:
+    """`text` folded, and for each folded character the index of its source character
+    (None when folding is lower-casing: ASCII)."""
+    if text.isascii():
+        return text.lower(), None
+    parts, owners = [], []
+    for index, char in enumerate(text):
+        folded = fold(char)
+        parts.append(folded)
+        owners.extend([index] * len(folded))
+    return "".join(parts), owners
+
+
+def _term_pattern(folded_term: str) -> str | None:
+    """A term as a whole word: a letter may not touch a letter at either end, a digit
+    may not touch a digit.  Its words (two characters or more each) may be separated
+    by any separators ("Jens Peter", "Jens-Peter"); a term with a one-character word
+    ("1,0", "S. R.") matches only as written."""
+    words = [w for w in re.split(r"[\W_]+", folded_term) if w]
+    if not words:
+        return None
+    first, last = words[0][0], words[-1][-1]
+    before = r"(?<!\d)" if first.isdigit() else r"(?<![^\W\d_])"
+    after = r"(?!\d)" if last.isdigit() else r"(?![^\W\d_])"
+    if min(len(w) for w in words) >= 2:
+        body = r"[\W_]+".join(re.escape(w) for w in words)
+    else:
+        start = folded_term.index(words[0])
+        end = folded_term.rindex(words[-1]) + len(words[-1])
+        body = re.escape(folded_term[start:end])
+    return before + body + after
+
+
+class IdentifyingScreen:
+    """Finds what identifies someone in a value the profile keeps.
+
+    Two kinds of content.  The record's own terms (names, IDs, institution words: see
+    :func:`identifying_terms`), matched as whole words after NFKC normalisation, case
+    folding and accent stripping, on both sides, so ``Jérôme`` (composed or decomposed),
+    ``JÉRÔME``, ``Jerome`` and ``Ｊｅｒｏｍｅ`` all match, and ``Søgaard`` matches
+    ``Soegaard``.  And shapes that identify whatever the record: dates, CPR-like numbers,
+    e-mail addresses, and runs of letters and digits with five digits or more (IDs).
+
+    ``numbers``: digit strings (the record's dates, say) that a number value may not hold;
+    the terms that are numbers (``0304801234``, ``030480-1234``) are added.
+    """
+
+    def __init__(self, terms: Iterable[str] = (), numbers: Iterable[str] = ()) -> None:
+        patterns = set()
+        digits = {n for n in numbers if n.isdigit()}
+        for term in terms:
+            term = normalise_term(term)
+            for variant in {fold(term), fold(term.translate(_TRANSLITERATE))}:
+                pattern = _term_pattern(variant)
+                if pattern:
+                    patterns.add(pattern)
+            if re.fullmatch(r"[\d\W_]+", term):
+                digits.add("".join(ch for ch in fold(term) if ch.isdigit()))
+        ordered = sorted(patterns, key=lambda p: (-len(p), p))  # longest first
+        self._terms = re.compile("|".join(ordered)) if ordered else None
+        self._numbers = frozenset(
+            n.lstrip("0") for n in digits if len(n.lstrip("0")) >= _LONG_DIGITS
+        )
+
+    def _spans(self, folded: str, *, long_digits: bool) -> list[tuple[int, int]]:
+        spans = [m.span() for pattern in _SHAPES for m in pattern.finditer(folded)]
+        if long_digits:
+            spans += [m.span() for m in _TOKEN.finditer(folded)
+                      if sum(ch.isdigit() for ch in m.group()) >= _LONG_DIGITS]
+        if self._terms is not None:
+            spans += [m.span() for m in self._terms.finditer(folded)]
+        return spans
+
+    def hits(self, text: str, *, long_digits: bool = True) -> bool:
+        """Whether `text` holds anything identifying (``long_digits=False``: runs of
+        digits are not IDs by themselves, as in the codes of numeric coding schemes)."""
+        folded, _ = _folded_with_owners(text)
+        return bool(self._spans(folded, long_digits=long_digits))
+
+    def clean(self, text: str) -> str:
+        """`text` without what identifies (Clean Descriptors); unchanged, padding aside,
+        when nothing does."""
+        folded, owners = _folded_with_owners(text)
+        spans = self._spans(folded, long_digits=True)
+        if not spans:
+            return text.strip()
+        removed = [False] * len(text)
+        for start, end in spans:
+            if owners is not None:
+                start, end = owners[start], owners[end - 1] + 1
+                while end < len(text) and not fold(text[end]):  # a trailing accent
+                    end += 1
+            removed[start:end] = [True] * (end - start)
+        kept = "".join(" " if gone else char for char, gone in zip(text, removed))
+        kept = re.sub(r"\s+", " ", kept)
+        # separators left dangling at either end by a removal
+        return kept.strip(_SEPARATORS + "(").rstrip(_SEPARATORS) if kept.strip() else ""
+
+    def number_hits(self, text: str) -> bool:
+        """Whether a number (IS, DS, TM) holds one of the record's numbers, or an integer
+        part shaped like a CPR number."""
+        folded = unicodedata.normalize("NFKC", text)
+        for match in _DIGITS.finditer(folded):
+            run = match.group()
+            if run.lstrip("0") in self._numbers:
+                return True
+            integer_part = match.start() == 0 or folded[match.start() - 1] != "."
+            if integer_part and len(run) == 10 and _CPR.fullmatch(run):
+                return True
+        return False
 
 
 def clean_descriptor(text: str, terms: Iterable[str] = ()) -> str:
@@ -400,19 +568,37 @@ def clean_descriptor(text: str, terms: Iterable[str] = ()) -> str:
     Removes dates (``2021-03-04``, ``04.03.21``, ``20210304``), CPR-like numbers,
     e-mail addresses, ID-like tokens (any run of letters and digits with five or
     more digits) and every whole-word occurrence of `terms` (names, IDs and
-    institution words of the patient's own record, see :func:`identifying_terms`).
+    institution words of the patient's own record, see :func:`identifying_terms`),
+    in any Unicode form (see :class:`IdentifyingScreen`).
     """
-    for pattern in _DATE_PATTERNS:
-        text = pattern.sub(" ", text)
-    text = _EMAIL.sub(" ", text)
-    text = _TOKEN.sub(
-        lambda m: " " if sum(ch.isdigit() for ch in m.group()) >= 5 else m.group(), text
-    )
-    for term in sorted(set(terms), key=len, reverse=True):
-        text = _remove_term(text, term)
-    text = re.sub(r"\s+", " ", text)
-    # separators left dangling at either end by a removal
-    return text.strip(_SEPARATORS + "(").rstrip(_SEPARATORS) if text.strip() else ""
+    return IdentifyingScreen(terms).clean(text)
+
+
+#: Code Sequence Macro attributes that are parts of a code: kept whole or removed,
+#: never edited (an edited code is another code).
+_CODE_KEYWORDS = frozenset(
+    {"CodeValue", "LongCodeValue", "URNCodeValue", "CodingSchemeDesignator",
+     "CodingSchemeVersion"}
+)
+_CODE_VALUE_KEYWORDS = frozenset({"CodeValue", "LongCodeValue", "URNCodeValue"})
+_CODING_SCHEME_DESIGNATOR = 0x00080102
+
+
+@lru_cache(maxsize=1)
+def _standard_codes() -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+    """(coding scheme designators, (designator, code value) pairs) of the standard:
+    pydicom's concept dictionary (the codes of PS3.16's context groups) and its SNOMED
+    RT to CT map.  Empty if pydicom no longer ships them: every code is then screened."""
+    try:
+        from pydicom.sr._concepts_dict import concepts
+        from pydicom.sr._snomed_dict import mapping
+    except ImportError:  # pragma: no cover - fail closed
+        return annex_e.MORE_CODING_SCHEMES, frozenset()
+    codes = {(scheme, code) for scheme, names in concepts.items()
+             for by_code in names.values() for code in by_code}
+    for scheme in ("SCT", "SRT"):
+        codes.update((scheme, code) for code in mapping.get(scheme, ()))
+    return frozenset(concepts) | annex_e.MORE_CODING_SCHEMES, frozenset(codes)
 
 
 _TERM_KEYWORDS_WHOLE = (
@@ -426,6 +612,9 @@ _TERM_KEYWORDS_WHOLE = (
     "RequestedProcedureID",
     "PerformedProcedureStepID",
     "ScheduledProcedureStepID",
+    "DeviceSerialNumber",
+    "PatientTelephoneNumbers",
+    "InsurancePlanIdentification",
 )
 _TERM_KEYWORDS_WORDS = (
     "InstitutionName",
@@ -434,39 +623,61 @@ _TERM_KEYWORDS_WORDS = (
     "StationName",
     "PatientAddress",
 )
+#: Words of institution, station and address values that name no place by themselves
+#: (the whole value still counts): "Philips Medical Systems" keeps "Medical Systems"
+#: at a "... Medical Center".
+_GENERIC_WORDS = frozenset(
+    {"medical", "medicine", "center", "centre", "hospital", "hospitals", "hospitalet",
+     "clinic", "clinics", "clinical", "klinik", "university", "universitet",
+     "universitetshospital", "imaging", "radiology", "radiologi", "department",
+     "afdeling", "systems", "system", "health", "healthcare", "institute", "general",
+     "regional", "region", "national", "sygehus", "diagnostic", "diagnostics",
+     "services", "service", "street", "road", "gade", "allé"}
+)
 
 
 def identifying_terms(ds: Dataset) -> frozenset[str]:
-    """Lower-cased strings of `ds` that must not survive in a kept descriptor.
+    """Strings of `ds` (NFKC, case folded) that must not survive in a kept value.
 
-    Every name component of every PN element, private ones included (two or more
-    characters), the IDs of
-    the patient and the study (whole values, two or more characters), and the whole
-    values and the words (four or more characters) of institution, station and
-    address values, at any depth.
+    Every name component of every PN element, private ones included, and each of its
+    words (split at spaces, hyphens and other punctuation; two or more characters),
+    the IDs of the patient and the study (whole values, two or more characters), and
+    the whole values and the words (four or more characters, generic ones such as
+    "Medical" aside) of institution, station and address values, at any depth.
     """
+    return _record_identifiers(ds)[0]
+
+
+def _record_identifiers(ds: Dataset) -> tuple[frozenset[str], frozenset[str]]:
+    """:func:`identifying_terms`, and the record's dates as ``YYYYMMDD`` (DA and DT
+    values at any depth), in one walk."""
     terms: set[str] = set()
+    dates: set[str] = set()
     whole = {int(tag_for_keyword(k)) for k in _TERM_KEYWORDS_WHOLE}
     words = {int(tag_for_keyword(k)) for k in _TERM_KEYWORDS_WORDS}
     for elem in _iter_converted(ds):
         if elem.VR == "PN":
             for value in _values(elem.value):
-                text = str(value)
+                text = normalise_term(str(value))
                 for part in re.split(r"[\^=]", text):
                     part = part.strip()
                     if len(part) >= 2:
-                        terms.add(part.casefold())
-                    terms.update(w.casefold() for w in part.split() if len(w) >= 2)
+                        terms.add(part)
+                    terms.update(w for w in _TOKEN.findall(part) if len(w) >= 2)
+        elif elem.VR in ("DA", "DT"):
+            dates.update(d for d in (str(v).strip()[:8] for v in _values(elem.value))
+                         if len(d) == 8 and d.isdigit())
         elif int(elem.tag) in whole:
-            terms.update(str(v).strip().casefold() for v in _values(elem.value)
+            terms.update(normalise_term(str(v).strip()) for v in _values(elem.value)
                          if len(str(v).strip()) >= 2)
         elif int(elem.tag) in words:
             for value in _values(elem.value):
-                text = str(value).strip()
+                text = normalise_term(str(value).strip())
                 if len(text) >= 2:
-                    terms.add(text.casefold())
-                terms.update(w.casefold() for w in _TOKEN.findall(text) if len(w) >= 4)
-    return frozenset(terms)
+                    terms.add(text)
+                terms.update(w for w in _TOKEN.findall(text)
+                             if len(w) >= 4 and w not in _GENERIC_WORDS)
+    return frozenset(terms), frozenset(dates)
 
 
 def _values(value: Any) -> list[Any]:
@@ -558,10 +769,14 @@ class _Deidentifier:
         self.options = policy.options
         self.report = DeidReport()
         self.charset = _ResolvedCharset.of(source)
+        terms, dates = _record_identifiers(source)
+        self.screen = IdentifyingScreen(terms, numbers=dates)
         if self.charset.problem:
-            self.report.warnings.append(self.charset.problem)
-            warnings.warn(self.charset.problem, stacklevel=3)
-        self.terms = identifying_terms(source) if policy.keep_descriptors else frozenset()
+            problem = self.charset.problem
+            if self.screen.hits(problem, long_digits=False):  # never echo a name
+                problem = "invalid SpecificCharacterSet: written as ISO_IR 192 (UTF-8)"
+            self.report.warnings.append(problem)
+            warnings.warn(problem, stacklevel=3)
         patient_key, issuer, source_of_key = self._patient_identity(source)
         if source_of_key != "PatientID":
             self.report.warnings.append(
@@ -631,7 +846,7 @@ class _Deidentifier:
             self.report.count("repeating_group_removed", f"{tag.group:04X}xxxx")
             return None
         if tag == _SPECIFIC_CHARACTER_SET:
-            return self._copy(elem) if depth else None  # top level: set at the end
+            return self._item_charset(elem, parent) if depth else None  # top: at the end
         if tag in _DEID_SUPPLEMENT and depth == 0:
             return None  # set at the end
         special = self._special(elem, parent, encodings, depth)
@@ -640,7 +855,7 @@ class _Deidentifier:
         row = annex_e.lookup(tag)
         if row is not None:
             return self._apply(row, elem, encodings, depth)
-        return self._by_vr(elem, encodings, depth)
+        return self._by_vr(elem, parent, encodings, depth)
 
     # -- the rules ------------------------------------------------------------
 
@@ -684,9 +899,9 @@ class _Deidentifier:
                 if elem.VR in ("DA", "DT"):
                     return self._shift(elem)
                 if elem.VR == "TM" or row.keyword == "TimezoneOffsetFromUTC":
-                    return self._copy(elem)  # a whole-day shift leaves these unchanged
+                    return self._keep(elem)  # a whole-day shift leaves these unchanged
             if row.keyword in self.policy.keep_descriptors:
-                return self._clean(elem)
+                return self._keep(elem, descriptor=True)
             action = annex_e.resolve_basic(row.basic)
         if action == "X":
             self.report.count("removed", row.keyword)
@@ -699,25 +914,28 @@ class _Deidentifier:
             return self._uid(elem, force=True)
         if action == "D":
             return self._dummy(elem)
-        return self._copy(elem)  # K
+        return self._keep(elem)  # K
 
-    def _by_vr(self, elem: DataElement, encodings: list[str], depth: int) -> DataElement | None:
+    def _by_vr(self, elem: DataElement, parent: Dataset, encodings: list[str],
+               depth: int) -> DataElement | None:
         vr = elem.VR
         keyword = elem.keyword
         if vr == "SQ":
             return self._sequence(elem, encodings, depth)
         if vr == "UI":
-            return self._uid(elem, force=False)
+            return self._uid(elem, force=is_instance_uid_keyword(keyword))
         if vr in ("DA", "DT"):
             return self._shift(elem)
+        if keyword in _CODE_KEYWORDS:
+            return self._code(elem, parent, encodings)
         if keyword in self.policy.keep_descriptors:
-            return self._clean(elem)
+            return self._keep(elem, descriptor=True)
         if vr in _TEXT_VRS:
             if keyword in SAFE_TEXT_KEYWORDS and vr != "UN":
-                return self._copy(elem)
+                return self._keep(elem)
             self.report.count("fail_closed_removed", keyword or str(elem.tag))
             return None
-        return self._copy(elem)
+        return self._keep(elem)
 
     # -- actions --------------------------------------------------------------
 
@@ -728,8 +946,8 @@ class _Deidentifier:
             value = copy.deepcopy(value)
         return DataElement(elem.tag, elem.VR, value, already_converted=True)
 
-    def _empty(self, elem: DataElement) -> DataElement:
-        self.report.count("emptied")
+    def _empty(self, elem: DataElement, outcome: str = "emptied") -> DataElement:
+        self.report.count(outcome)
         vr = elem.VR
         if vr == "SQ":
             return DataElement(elem.tag, vr, Sequence())
@@ -759,13 +977,13 @@ class _Deidentifier:
         return DataElement(elem.tag, vr, value)
 
     def _uid(self, elem: DataElement, *, force: bool) -> DataElement:
-        if int(elem.tag) in _CLASS_UID_TAGS and not force:
-            return self._copy(elem)
+        """Remap every value (`force`: an instance UID, or Table E.1-1 says U or D) or
+        every value that is not well known (:func:`is_well_known_uid`)."""
         values = _values(elem.value)
         remapped = []
         for value in values:
             text = str(value).strip().rstrip("\x00")
-            if not text or is_well_known_uid(text):
+            if not text or (not force and is_well_known_uid(text)):
                 remapped.append(text)
             else:
                 remapped.append(self.keys.remap_uid(text))
@@ -790,22 +1008,91 @@ class _Deidentifier:
             return DataElement(elem.tag, elem.VR, empty_value_for_VR(elem.VR))
         return DataElement(elem.tag, elem.VR, shifted if len(shifted) > 1 else shifted[0])
 
-    def _clean(self, elem: DataElement) -> DataElement:
+    # -- kept values: nothing identifying survives (IdentifyingScreen) -----------
+
+    def _keep(self, elem: DataElement, *, descriptor: bool = False) -> DataElement | None:
+        """A value the profile keeps, less what identifies someone, by VR: text is
+        cleaned; a code string, a number or a URL that holds anything identifying is
+        emptied or removed, never edited into another valid-looking value."""
+        vr = elem.VR
+        if descriptor:
+            self.report.count("descriptor_cleaned")
+        if vr in _CLEANED_TEXT_VRS:
+            return self._clean_text(elem)
+        if vr == "CS":
+            return self._keep_code_string(elem)
+        if vr in ("IS", "DS", "TM"):
+            return self._keep_numbers(elem)
+        if vr == "UR":
+            return self._keep_whole(elem, long_digits=True)
+        if vr in _TEXT_VRS:  # PN, AE, UN: never kept
+            self.report.count("fail_closed_removed", elem.keyword or str(elem.tag))
+            return None
+        return self._copy(elem)
+
+    def _clean_text(self, elem: DataElement) -> DataElement:
         vr = elem.VR
         cleaned = []
         for value in _values(elem.value):
             text = str(value)
-            result = clean_descriptor(text, self.terms)
-            if vr == "CS":
-                result = result.upper()
+            result = self.screen.clean(text)
             if vr in _MAX_LENGTH:
                 result = result[: _MAX_LENGTH[vr]].rstrip()
             if result != text.strip():
                 self.report.cleaned.add(elem.keyword or str(elem.tag))
+                self.report.count("kept_text_cleaned")
             cleaned.append(result)
-        self.report.count("descriptor_cleaned")
         cleaned = [c for c in cleaned if c] or [""]
         return DataElement(elem.tag, vr, cleaned if len(cleaned) > 1 else cleaned[0])
+
+    def _keep_code_string(self, elem: DataElement) -> DataElement:
+        # Each value is a defined term: an edited one would be another term or none.
+        # A value that identifies is emptied; the others keep their positions.  A word
+        # of the standard's vocabulary stays, even when a name is the same word.
+        values = [str(v) for v in _values(elem.value)]
+        kept = ["" if v.strip() not in CODE_STRING_VOCABULARY and self.screen.hits(v) else v
+                for v in values]
+        if kept != values:
+            self.report.cleaned.add(elem.keyword or str(elem.tag))
+            self.report.count("code_string_emptied")
+        if not any(kept):
+            return DataElement(elem.tag, "CS", "")
+        return DataElement(elem.tag, "CS", kept if len(kept) > 1 else kept[0])
+
+    def _keep_numbers(self, elem: DataElement) -> DataElement:
+        if any(self.screen.number_hits(str(v)) for v in _values(elem.value)):
+            self.report.cleaned.add(elem.keyword or str(elem.tag))
+            return self._empty(elem, outcome="number_emptied")
+        return self._copy(elem)
+
+    def _keep_whole(self, elem: DataElement, *, long_digits: bool) -> DataElement | None:
+        if any(self.screen.hits(str(v), long_digits=long_digits) for v in _values(elem.value)):
+            self.report.count("identifying_value_removed", elem.keyword or str(elem.tag))
+            return None
+        return self._copy(elem)
+
+    def _code(self, elem: DataElement, parent: Dataset, encodings: list[str]) -> DataElement | None:
+        """A part of a code: a code of the standard stays whole; any other is removed
+        when it holds anything identifying (digits alone identify only outside the
+        standard's numeric coding schemes)."""
+        schemes, codes = _standard_codes()
+        designator = self._text(parent, _CODING_SCHEME_DESIGNATOR, encodings)
+        keyword = elem.keyword
+        value = "\\".join(str(v) for v in _values(elem.value)).strip()
+        if keyword in _CODE_VALUE_KEYWORDS and (designator, value) in codes:
+            return self._copy(elem)
+        if keyword == "CodingSchemeDesignator" and value in schemes:
+            return self._copy(elem)
+        return self._keep_whole(elem, long_digits=designator not in schemes)
+
+    def _item_charset(self, elem: DataElement, item: Dataset) -> DataElement:
+        """SpecificCharacterSet of a sequence item: defined terms only (an invalid one
+        becomes ISO_IR 192, as at the top level; the item's text is written in UTF-8)."""
+        charset = _ResolvedCharset.of(item)
+        if charset.problem:
+            self.report.warnings.append(
+                "invalid SpecificCharacterSet in a sequence item: written as ISO_IR 192")
+        return DataElement(elem.tag, "CS", charset.output_value or "")
 
     def _sequence(self, elem: DataElement, encodings: list[str], depth: int) -> DataElement:
         items = []
@@ -898,9 +1185,15 @@ def _file_meta(source: Dataset, out: Dataset, keys: ProjectKeys) -> tuple[bool, 
     meta_in = getattr(source, "file_meta", None) or FileMetaDataset()
     syntax, encoding = _transfer_syntax(source)
     meta = FileMetaDataset()
-    sop_class = meta_in.get("MediaStorageSOPClassUID") or out.get("SOPClassUID")
+    # The class as de-identified; the input's meta only when the dataset has none, and
+    # then through the same rule (a class UID that is not well known is remapped).
+    sop_class = str(out.get("SOPClassUID") or "").strip()
+    if not sop_class:
+        sop_class = str(meta_in.get("MediaStorageSOPClassUID") or "").strip().rstrip("\x00")
+        if sop_class and not is_well_known_uid(sop_class):
+            sop_class = keys.remap_uid(sop_class)
     if sop_class:
-        meta.MediaStorageSOPClassUID = str(sop_class)
+        meta.MediaStorageSOPClassUID = sop_class
     instance = str(meta_in.get("MediaStorageSOPInstanceUID") or "").strip().rstrip("\x00")
     if instance:
         meta.MediaStorageSOPInstanceUID = keys.remap_uid(instance)
