@@ -159,8 +159,12 @@ def test_member_student_chooses_and_form_shows_sessions() -> None:
     choices = choices_for(CONFIG, "sam", TODAY, BEFORE)
     assert [(c.project.id, c.unavailable_label if c.unavailable else "") for c in choices] == [
         ("intro", "session not started"), ("gitcourse", "session not started")]
+    # Nothing can start yet: the form says why for each session (and disables Start).
     html = render_options_form(choices)
-    assert "Intro to AI (teaching) (intro) - session not started" in html
+    assert "The teaching session Intro to AI (intro) runs from 2026-12-07 09:00 CET" in html
+    assert "None of your projects can start a server now." in html
+    html = render_options_form(choices_for(CONFIG, "sam", TODAY, DURING))
+    assert "Git course (teaching) (gitcourse) - session not started" in html
     assert "Teaching session (student), 2026-12-07 09:00 CET to 2026-12-07 16:00 CET." in html
 
 
