@@ -50,12 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     step("demo archive")
     archive_dir = storage.root / "demo-archive"
     archive = load_archive(archive_dir) if (archive_dir / "index.json").exists() else build_archive(archive_dir)
+    archive_dir.chmod(0o700)  # identifying (fictitious) data: the hub's eyes only
     print(f"  {len(archive.entries)} DICOM files of {len({e.patient_id for e in archive.entries})} fictitious patients")
 
     user, password = _archive_credentials(storage.resolve(archive_conf.credentials_file))
     http_port = urlparse(archive_conf.dicomweb_url).port or 8042
     dicom_port = archive_conf.dimse.port if archive_conf.dimse else 4242
     step(f"Orthanc on 127.0.0.1:{http_port} (DICOM {dicom_port})")
+    (storage.root / "orthanc").mkdir(mode=0o700, exist_ok=True)
     orthanc = OrthancServer(storage_dir=storage.root / "orthanc", http_port=http_port, dicom_port=dicom_port,
                             users={user: password}, aet=(archive_conf.dimse.called_aet if archive_conf.dimse else "RIPA"))
     try:

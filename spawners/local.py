@@ -1,19 +1,23 @@
 """The embedded default: user servers as local processes on the hub's machine.
 
-For a laptop, a demo or CI. All servers run as the hub's own Unix user, so local mode
-gives no isolation between users' files; production places servers with Nomad
-(:mod:`spawners.nomad`), where each server is its own container with only its project's
-volumes. The README states these limits.
+For a laptop, a demo or CI. When the hub runs as root, servers run as one unprivileged
+account (``server_user``, by default ``workbench``): they cannot read the hub's secrets, the
+gateway's keys and state or the raw archive, and approved datasets are truly read-only to
+them. They still share that account, so local mode gives no isolation between users'
+files; production places servers with Nomad (:mod:`spawners.nomad`), where each server is
+its own container with only its project's volumes. The README states these limits.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-from jupyterhub.spawner import LocalProcessSpawner
+from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from traitlets import Int, List, Unicode, default
 
 from datasets_mount.local import link_datasets
@@ -52,6 +56,26 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         help="Arguments added to the single-user command (e.g. --allow-root when run as root).",
     )
 
+    server_user = Unicode(
+        config=True,
+        help="""Unix account that runs the servers when the hub runs as root.
+
+        Default: 'workbench' when the hub is root and that account exists (scripts/setup
+        creates it) and can reach the server command; otherwise '' (servers run as the hub's
+        own user, which as root means they could read every secret on the machine).
+        """,
+    )
+
+    @default("server_user")
+    def _default_server_user(self) -> str:
+        command = self.cmd[0] if self.cmd else sys.executable
+        account = _usable_server_account("workbench", command, Path(self.data_dir))
+        if not account and os.geteuid() == 0:
+            self.log.warning(
+                "servers run as root: no usable 'workbench' account (scripts/setup creates it, "
+                "and it must be able to enter %s and run %s)", self.data_dir, command)
+        return account
+
     @default("cmd")
     def _default_cmd(self) -> list[str]:
         # The hub's own environment: the same packages and kernels as the hub's checkout.
@@ -64,7 +88,7 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
     @default("extra_singleuser_args")
     def _default_extra_args(self) -> list[str]:
         # jupyter_server refuses root without this, and the hub then shows an opaque 500.
-        return ["--allow-root"] if os.geteuid() == 0 else []
+        return ["--allow-root"] if os.geteuid() == 0 and not self.server_user else []
 
     def get_args(self) -> list[str]:
         return super().get_args() + list(self.extra_singleuser_args)
@@ -85,11 +109,31 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
 
     def make_preexec_fn(self, name: str):  # noqa: ANN201 - JupyterHub's signature
         home = self.home_dir
+        if self.server_user:
+            return set_user_setuid(self.server_user, chdir=home)
 
         def preexec() -> None:
             os.chdir(home)
 
         return preexec
+
+    def _give_to_server_user(self, *paths: Path, mode: int | None = None, home: bool = False) -> None:
+        """Make what the server must write its own (a no-op when it runs as the hub's user).
+
+        ``home``: a home made while servers ran as the hub's user is handed over with all it
+        holds, once. Nothing else is recursive: the gateway's ``samples`` folder inside the
+        project workspace must stay the gateway's.
+        """
+        if not self.server_user:
+            return
+        account = pwd.getpwnam(self.server_user)
+        for path in paths:
+            if home and path.stat().st_uid != account.pw_uid:
+                for inner in path.rglob("*"):
+                    os.chown(inner, account.pw_uid, account.pw_gid, follow_symlinks=False)
+            os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
+            if mode is not None:
+                path.chmod(mode)
 
     def user_env(self, env: dict[str, str]) -> dict[str, str]:
         env["USER"] = self.user.name
@@ -136,13 +180,15 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         session = self.selection.session
         home = Path(self.home_dir)
         home.mkdir(parents=True, exist_ok=True)
+        self._give_to_server_user(home, mode=0o700, home=True)
         notebooks = session.notebooks
         if notebooks is None:
             return "Home ready"
         if notebooks.git is not None:
             return f"Course notebooks: pulled from {notebooks.git.repo} when JupyterLab opens"
-        copied = hand_out(Path(self.course_notebooks_root) / notebooks.folder,
-                          home / teaching_course_dir(session))
+        course = home / teaching_course_dir(session)
+        copied = hand_out(Path(self.course_notebooks_root) / notebooks.folder, course)
+        self._give_to_server_user(course, *course.rglob("*"))
         return (f"Course notebooks handed out: {len(copied)} new file(s) in ~/{teaching_course_dir(session)}"
                 if copied else f"Course notebooks already in ~/{teaching_course_dir(session)}")
 
@@ -152,6 +198,7 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         home = Path(self.home_dir)
         home.mkdir(parents=True, exist_ok=True)
         project_dir = self.storage.project_dir(self.selection.project.id)
+        # samples/ stays the gateway's (servers read it through the project's group).
         (project_dir / "samples").mkdir(parents=True, exist_ok=True)
         links = home / "projects"
         links.mkdir(exist_ok=True)
@@ -159,9 +206,33 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         if not link.is_symlink() and not link.exists():
             link.symlink_to(project_dir, target_is_directory=True)
         examples = Path(self.starter_notebooks_dir)
+        copied = []
         if examples.is_dir():
             target = home / "examples"
             target.mkdir(exist_ok=True)
+            copied.append(target)
             for notebook in sorted(examples.glob("*.ipynb")):
                 if not (target / notebook.name).exists():
                     shutil.copy2(notebook, target / notebook.name)
+                    copied.append(target / notebook.name)
+        self._give_to_server_user(home, mode=0o700, home=True)
+        self._give_to_server_user(project_dir, mode=0o770)
+        self._give_to_server_user(links, link, *copied)
+
+
+def _usable_server_account(name: str, command: str, data_dir: Path) -> str:
+    """``name`` if the hub is root, the account exists and can run ``command`` and enter
+    ``data_dir`` (a checkout or data folder only root can enter makes it unusable); else ''."""
+    if os.geteuid() != 0:
+        return ""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return ""
+    # Run the environment's Python itself: a venv whose base interpreter lives under /root
+    # (e.g. pyenv) has runnable-looking scripts that the account cannot actually execute.
+    python = Path(command).with_name("python")
+    script = '"$1" -c "" && test -x "$2"'
+    check = subprocess.run(["runuser", "-u", name, "--", "sh", "-c", script, "sh", str(python), str(data_dir)],
+                           capture_output=True, check=False)
+    return name if check.returncode == 0 else ""

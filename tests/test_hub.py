@@ -203,3 +203,36 @@ def test_hub_without_an_archive_runs_without_the_gateway(tmp_path: Path) -> None
         assert httpx.get(f"{process.url}/services/sample-gateway/api/health").status_code in (302, 404)
     finally:
         process.stop()
+
+
+def test_local_servers_run_unprivileged_and_cannot_read_the_hubs_secrets(hub: RunningHub) -> None:
+    import pwd
+
+    from spawners.local import _usable_server_account
+
+    command = str(Path(sys.executable).with_name("jupyterhub-singleuser"))
+    if not _usable_server_account("workbench", command, hub.files.data_dir):
+        pytest.skip("servers run as the hub's user here: not root, no 'workbench' account, or this "
+                    "environment's Python lives where that account cannot run it (scripts/setup "
+                    "builds .venv from /usr/bin/python3 as root for that reason)")
+    with hub.api() as api:
+        api.post("users/anna")
+        assert api.post("users/anna/server", json={"project": "magi"}).status_code in (201, 202)
+    entry = wait_ready(hub, "anna")
+    account = pwd.getpwnam("workbench")
+    assert Path(f"/proc/{entry['state']['pid']}").stat().st_uid == account.pw_uid
+
+    def as_server(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["runuser", "-u", "workbench", "--", *command], capture_output=True, text=True)
+
+    data = hub.files.data_dir
+    assert as_server("cat", str(data / "secrets" / "archive-credentials")).returncode != 0
+    assert as_server("ls", str(data / "gateway")).returncode != 0
+    assert as_server("ls", str(data / "hub")).returncode != 0
+    # What the server needs stays reachable: its home, the project's workspace, samples.
+    assert as_server("touch", str(hub.files.storage.home("anna") / "scratch.txt")).returncode == 0
+    assert as_server("touch", str(hub.files.storage.project_dir("magi") / "shared.txt")).returncode == 0
+    assert as_server("ls", str(hub.files.storage.samples_dir("magi"))).returncode == 0
+    # Approved datasets are read-only for it.
+    assert as_server("touch", str(data / "datasets" / "phantoms" / "new.txt")).returncode != 0
+    stop(hub, "anna")

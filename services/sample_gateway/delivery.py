@@ -139,6 +139,9 @@ class PullWriter:
         self.partial = project_dir / folder / self.partial_name
         self.rows: list[ManifestRow] = []
         self._samples_fd: int | None = open_workspace_folder(project_dir, folder)
+        # Delivered files belong to the project's group, whoever the gateway runs as: that
+        # group (the project folder's) is how the project's servers read them.
+        self._group = os.stat(project_dir).st_gid
         self._partial_fd: int | None = None
         try:
             try:
@@ -199,6 +202,7 @@ class PullWriter:
         if not self._holds_ours(self.name):
             raise _unusable(self.project_dir, (self.folder, self.partial_name),
                             "was replaced by another folder while the pull filled it")
+        _share_with_group(partial_fd, self._group)
         os.fchmod(partial_fd, DIR_MODE)  # visible to the project's group only now
         os.fsync(samples_fd)
         self._close()
@@ -238,6 +242,7 @@ class PullWriter:
             if not folder:
                 fd = os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 opened.append(fd)
+            _share_with_group(fd, self._group)
             os.fsync(fd)
         finally:
             for fd in opened:
@@ -321,6 +326,14 @@ def store_instance(target: PartialFolder, relative: str, data: bytes) -> None:
         finally:
             for fd in opened:
                 os.close(fd)
+
+
+def _share_with_group(fd: int, group: int) -> None:
+    """Give an open file or folder to ``group``; a gateway that may not (not root, not a
+    member) leaves it to the folder's set-group-ID bit, as deployments configure it."""
+    if os.fstat(fd).st_gid != group:
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, -1, group)
 
 
 def remove_partials(project_dir: Path, folder: str = "samples") -> list[Path]:
