@@ -109,10 +109,14 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
 
     def make_preexec_fn(self, name: str):  # noqa: ANN201 - JupyterHub's signature
         home = self.home_dir
-        if self.server_user:
-            return set_user_setuid(self.server_user, chdir=home)
+        # JupyterHub's set_user_setuid can only chdir to the account's own home (the shared
+        # account has none): switch user without it, then enter the workbench home, which
+        # becomes the server's root folder.
+        switch_user = set_user_setuid(self.server_user, chdir=False) if self.server_user else None
 
         def preexec() -> None:
+            if switch_user is not None:
+                switch_user()
             os.chdir(home)
 
         return preexec

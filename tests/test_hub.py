@@ -221,6 +221,8 @@ def test_local_servers_run_unprivileged_and_cannot_read_the_hubs_secrets(hub: Ru
     entry = wait_ready(hub, "anna")
     account = pwd.getpwnam("workbench")
     assert Path(f"/proc/{entry['state']['pid']}").stat().st_uid == account.pw_uid
+    # Its root folder is anna's workbench home (not the account's nonexistent home, nor a temp dir).
+    assert Path(f"/proc/{entry['state']['pid']}/cwd").resolve() == hub.files.storage.home("anna").resolve()
 
     def as_server(*command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["runuser", "-u", "workbench", "--", *command], capture_output=True, text=True)

@@ -1,0 +1,86 @@
+"""The local spawner's process set-up: who the server runs as and where it starts.
+
+The server's working directory becomes JupyterLab's root folder, so a wrong one is not a
+cosmetic fault: the starter notebooks and the project links vanish from the file browser.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+from jupyterhub import orm
+from jupyterhub.objects import Hub
+
+from spawners.local import LocalWorkbenchSpawner
+
+WORKBENCH = """\
+profiles:
+  - {slug: cpu-small, name: Small CPU, cpu: 1, memory: 1G}
+projects:
+  - id: magi
+    title: MAGI
+    members: [anna]
+    approval: {reference: R-1, expires: 2099-01-01}
+"""
+
+
+def make(tmp_path: Path, **config: object) -> LocalWorkbenchSpawner:
+    yaml = tmp_path / "workbench.yaml"
+    yaml.write_text(WORKBENCH)
+    return LocalWorkbenchSpawner(
+        user=types.SimpleNamespace(name="anna", url="/user/anna/", escaped_name="anna", id=1),
+        hub=Hub(),
+        orm_spawner=orm.Spawner(name=""),
+        workbench_config_file=str(yaml),
+        data_dir=str(tmp_path / "data"),
+        **config,
+    )
+
+
+def run_in_server_setup(spawner: LocalWorkbenchSpawner) -> tuple[int, str]:
+    """Run ``id -u; pwd`` the way the spawner starts the server process."""
+    home = Path(spawner.home_dir)
+    result = subprocess.run(
+        ["sh", "-c", "id -u; pwd -P"], preexec_fn=spawner.make_preexec_fn(spawner.user.name),
+        capture_output=True, text=True, check=True, cwd="/",
+    )
+    uid, cwd = result.stdout.split()
+    assert home.exists()
+    return int(uid), cwd
+
+
+def test_server_starts_in_the_workbench_home_as_the_hubs_user(tmp_path: Path) -> None:
+    spawner = make(tmp_path, server_user="")
+    Path(spawner.home_dir).mkdir(parents=True)
+    uid, cwd = run_in_server_setup(spawner)
+    assert uid == os.geteuid()
+    assert cwd == str(Path(spawner.home_dir).resolve())
+
+
+def test_server_switches_to_the_server_account_and_starts_in_the_workbench_home(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("switching accounts needs a root hub")
+    try:
+        account = pwd.getpwnam("workbench")
+    except KeyError:
+        pytest.skip("no 'workbench' account here (scripts/setup creates it)")
+    # pytest's own folders are root's alone: a folder the account can traverse, as a data dir is.
+    with tempfile.TemporaryDirectory(prefix="wb-local-") as where:
+        base = Path(where)
+        base.chmod(0o711)
+        spawner = make(base, server_user="workbench")
+        home = Path(spawner.home_dir)
+        home.mkdir(parents=True)
+        for folder in (base / "data", home.parent):
+            folder.chmod(0o711)
+        os.chown(home, account.pw_uid, account.pw_gid)
+        uid, cwd = run_in_server_setup(spawner)
+        assert uid == account.pw_uid
+        # Not the account's own (nonexistent) home, not a temp dir: the user's workbench home.
+        assert cwd == str(home.resolve())
