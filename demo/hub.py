@@ -36,6 +36,17 @@ def _end(processes: list[psutil.Process], grace: float = 5.0) -> None:
             process.kill()
 
 
+def _without_user_servers(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """``processes`` less single-user servers and everything below them."""
+    servers: set[int] = set()
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if any("jupyterhub-singleuser" in part for part in process.cmdline()):
+                servers.add(process.pid)
+                servers.update(child.pid for child in process.children(recursive=True))
+    return [p for p in processes if p.pid not in servers]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -135,7 +146,9 @@ class HubProcess:
         SIGTERM lets the hub clean up (services, user servers, proxy). The proxy and the local
         servers run in sessions of their own, so if the hub does not finish in time (a service
         or a server slow to stop), every process it started is ended explicitly: nothing is
-        left holding a port or a GPU after Ctrl-C.
+        left holding a port or a GPU after Ctrl-C. A hub run with cleanup off
+        (``WORKBENCH_CLEANUP_SERVERS=0``) means to keep user servers across restarts, so they
+        and what they started are left running, as the hub itself leaves them.
         """
         if self.process is None or self.process.poll() is not None:
             return
@@ -143,6 +156,8 @@ class HubProcess:
             started = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             started = []
+        if self.environment().get("WORKBENCH_CLEANUP_SERVERS", "1") != "1":
+            started = _without_user_servers(started)
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout)

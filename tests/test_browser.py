@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.workbench import RunningHub
+from tests.test_hub import stop
 
 pytestmark = [pytest.mark.browser, pytest.mark.hub, pytest.mark.orthanc]
 
@@ -22,7 +23,13 @@ def log_in(page, hub: RunningHub, user: str) -> None:  # noqa: ANN001 - a Playwr
 
 
 def test_researcher_logs_in_spawns_and_pulls_a_sample(new_page, hub: RunningHub) -> None:  # noqa: ANN001
-    page = new_page
+    try:
+        _spawn_and_pull(new_page, hub)
+    finally:  # later tests start their own servers for erik: leave none behind, pass or fail
+        stop(hub, "erik")
+
+
+def _spawn_and_pull(page, hub: RunningHub) -> None:  # noqa: ANN001 - a Playwright page
     log_in(page, hub, "erik")
 
     # The options form offers only erik's project and the profiles it may use.
