@@ -97,4 +97,6 @@ def _table(statuses: list[catalogue.DatasetStatus], project: str | None) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from hub_config.console import run_tool
+
+    raise SystemExit(run_tool(main))

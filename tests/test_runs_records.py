@@ -138,3 +138,13 @@ def test_the_error_cell_is_the_one_papermill_marked() -> None:
                                       "evalue": "boom", "source": "x", "traceback": ["ValueError: boom"]}
     exit_zero = {"cells": [_cell([{"output_type": "error", "ename": "SystemExit", "evalue": "0"}])]}
     assert outputs.error_cell(exit_zero) is None
+
+
+def test_help_lists_the_commands_people_type_and_hides_the_task_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
+    from extensions.runs.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "{run,list,show,compare,rerun,collect}" in text
+    assert "execute" not in text and "SUPPRESS" not in text and "``" not in text

@@ -30,8 +30,11 @@ from .records import Comparison, RunRecord, RunStore, compare
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m extensions.runs", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="python -m extensions.runs", description=__doc__.split("\n\n")[0].replace("``", ""))
+    # 'execute' (the Nomad task's entry point) is left out of the listing: no help=, and a
+    # metavar that names only the commands people type (argparse lists SUPPRESS literally).
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{run,list,show,compare,rerun,collect}")
 
     def where_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--project", help="project id (default: $WORKBENCH_PROJECT)")
@@ -72,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--json", action="store_true")
     where_options(again)
 
-    execute = sub.add_parser("execute", help=argparse.SUPPRESS)  # the Nomad task's entry point
+    execute = sub.add_parser("execute")
     execute.add_argument("run_dir", type=Path)
 
     collect = sub.add_parser("collect", help="settle Nomad runs whose submitter went away")

@@ -176,4 +176,6 @@ def _align(rows: list[list[str]]) -> list[str]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from hub_config.console import run_tool
+
+    raise SystemExit(run_tool(main))

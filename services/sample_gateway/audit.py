@@ -329,4 +329,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from hub_config.console import run_tool
+
+    raise SystemExit(run_tool(main))
