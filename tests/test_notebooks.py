@@ -97,3 +97,13 @@ def test_notebook_runs_through_the_run_machinery(name: str, hub: RunningHub, wor
         samples = [i for i in record.inputs if i.kind == "sample"]
         assert samples and samples[0].path.startswith("workspace:samples/")
         assert samples[0].path.endswith("/manifest.json") and samples[0].files > 0
+
+
+def test_every_notebook_asks_for_the_workbench_kernel() -> None:
+    """The Workbench kernel carries the project's environment and the data-pull client; a
+    notebook naming another kernel opens on whatever 'python3' happens to be."""
+    for path in sorted(NOTEBOOKS.rglob("*.ipynb")):
+        if ".ipynb_checkpoints" in path.parts:
+            continue
+        spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+        assert spec.get("name") == "workbench", f"{path.relative_to(NOTEBOOKS)} asks for {spec.get('name')!r}"

@@ -27,7 +27,7 @@ def test_student_lands_in_the_course_and_the_teacher_opens_her_server(browser, h
         log_in(page, hub, "sofie")
         page.wait_for_url(re.compile(re.escape(COURSE_NOTEBOOK)), timeout=120_000)
         page.locator(".jp-RenderedMarkdown h1", has_text="Welcome to").wait_for(timeout=90_000)
-        page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle|Python 3 \| Idle")).wait_for(timeout=90_000)
+        page.get_by_text(re.compile(r"Workbench \(Python 3\) \| Idle")).wait_for(timeout=90_000)
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_text("Run All Cells", exact=True).click()
         catalogue = page.locator(".workbench-catalogue")
