@@ -98,7 +98,7 @@ async def test_a_refusal_is_typed_and_an_unreachable_service_refuses_too(quota_h
         with pytest.raises(QuotaRefused) as refused:
             await service.reserve("second", cpu=1, gpus=1)
         assert refused.value.reason == "max_concurrent_gpus"
-        assert "at most 1 GPUs at a time" in refused.value.message
+        assert "at most 1 GPU at a time" in refused.value.message
     finally:
         await service.ended(held)
         await service.aclose()

@@ -117,7 +117,7 @@ def test_refusal_messages_name_limit_usage_and_reset() -> None:
     refusal = check_request(BUDGET, MAY, busy, Request("anna", gpus=1, cpu=8), now, "Project magi")
     assert refusal is not None and refusal.limit is Limit.CONCURRENT_GPUS
     assert refusal.message == (
-        "Project magi may use at most 2 GPUs at a time (max_concurrent_gpus); 2 GPUs are in use now "
+        "Project magi may use at most 2 GPUs at a time (budget setting max_concurrent_gpus); 2 GPUs are in use now "
         "and this server asks for 1. Try again when one of them stops. The budget for May 2026 resets "
         "on 2026-06-01 00:00 CEST."
     )
@@ -129,7 +129,7 @@ def test_refusal_messages_name_limit_usage_and_reset() -> None:
     refusal = check_request(BUDGET, MAY, spent, Request("anna", gpus=1, cpu=8), now, "Project magi")
     assert refusal is not None and refusal.limit is Limit.GPU_HOURS
     assert refusal.message == (
-        "Project magi has used 200.4 of 200.0 GPU-hours for May 2026 (gpu_hours). The budget for "
+        "Project magi has used 200.4 of 200.0 GPU-hours for May 2026 (budget setting gpu_hours). The budget for "
         "May 2026 resets on 2026-06-01 00:00 CEST. GPU servers can start again then, or sooner if a "
         "workbench admin raises the budget."
     )
@@ -143,7 +143,7 @@ def test_refusal_messages_name_limit_usage_and_reset() -> None:
     full = Usage(active_servers=6)
     refusal = check_request(BUDGET, MAY, full, Request("bo", cpu=1), now, "Project magi")
     assert refusal is not None and refusal.limit is Limit.CONCURRENT_SERVERS
-    assert "at most 6 servers at a time (max_concurrent_servers); 6 servers are in use now." in refusal.message
+    assert "at most 6 servers at a time (budget setting max_concurrent_servers); 6 servers are in use now." in refusal.message
     assert check_request(None, MAY, full, Request("bo", cpu=1), now, "Project magi") is None
 
 

@@ -77,7 +77,7 @@ def test_fifty_concurrent_spawns_start_exactly_two_and_a_failed_spawn_releases(q
     assert len(refused) == 48
     for _, _, message, _ in refused:
         assert message.startswith(
-            "Project vision may use at most 2 GPUs at a time (max_concurrent_gpus); 2 GPUs are in use now "
+            "Project vision may use at most 2 GPUs at a time (budget setting max_concurrent_gpus); 2 GPUs are in use now "
             "and this server asks for 1. Try again when one of them stops. The budget for "
         )
         assert " resets on " in message
@@ -189,7 +189,7 @@ def test_over_budget_server_is_warned_then_stopped_with_the_reason_in_the_hub(qu
     assert again.status_code == 429
     assert again.json()["message"].startswith("Project tiny has used 0.0")
     assert "of 0.004 CPU-core-hours for " in again.json()["message"]
-    assert "(cpu_core_hours). The budget for " in again.json()["message"]
+    assert "(budget setting cpu_core_hours). The budget for " in again.json()["message"]
 
 
 def test_restarts_neither_lose_nor_double_count(quota_hub: QuotaHub) -> None:

@@ -65,7 +65,7 @@ def test_fifty_concurrent_reservations_grant_exactly_two(ledger_url: str) -> Non
     assert len(granted) == 2 and len(refused) == 48
     for message, seconds in refused:
         assert message == (
-            "Project vision may use at most 2 GPUs at a time (max_concurrent_gpus); 2 GPUs are in use now "
+            "Project vision may use at most 2 GPUs at a time (budget setting max_concurrent_gpus); 2 GPUs are in use now "
             "and this server asks for 1. Try again when one of them stops. The budget for May 2026 resets "
             "on 2026-06-01 00:00 CEST."
         )

@@ -137,7 +137,7 @@ async def test_over_budget_start_is_refused_with_the_limit_and_reset(setup) -> N
     error = caught.value
     assert error.status_code == 429 and error.reason == "quota_exceeded"
     assert error.jupyterhub_message.startswith(
-        "Project vision may use at most 1 GPUs at a time (max_concurrent_gpus); 1 GPUs are in use now"
+        "Project vision may use at most 1 GPU at a time (budget setting max_concurrent_gpus); 1 GPU is in use now"
     )
     assert "resets on" in error.jupyterhub_message
     assert second.quota_allocation is None

@@ -306,15 +306,16 @@ class Refusal:
             what = "GPU servers" if info.gpu else "servers"
             return (
                 f"{who} used {_hours(self.used)} of {_hours(self.allowed)} {info.unit}{each} for "
-                f"{window.label} ({self.limit.value}). {reset} {what[0].upper() + what[1:]} can start "
+                f"{window.label} (budget setting {self.limit.value}). {reset} {what[0].upper() + what[1:]} can start "
                 "again then, or sooner if a workbench admin raises the budget."
             )
         scope = f"{self.user} may" if info.per_user else f"{self.account_label} may"
-        held = "GPUs are" if info.gpu else "servers are"
+        thing = "GPU" if info.gpu else "server"
         asks = f" and this server asks for {_count(self.requested)}" if info.gpu else ""
         return (
-            f"{scope} use at most {_count(self.allowed)} {info.unit} ({self.limit.value}); "
-            f"{_count(self.used)} {held} in use now{asks}. Try again when one of them stops. {reset}"
+            f"{scope} use at most {_things(self.allowed, thing)} at a time (budget setting "
+            f"{self.limit.value}); {_things(self.used, thing)} {'is' if self.used == 1 else 'are'} "
+            f"in use now{asks}. Try again when one of them stops. {reset}"
         )
 
 
@@ -329,6 +330,11 @@ def _hours(value: float) -> str:
 
 def _count(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _things(value: float, thing: str) -> str:
+    """'1 GPU', '2 GPUs', '0 servers'."""
+    return f"{_count(value)} {thing}{'' if value == 1 else 's'}"
 
 
 def check_request(

@@ -60,7 +60,7 @@ def stopped_text(
     return (
         f"The quota service stopped {names} at {format_time(at, window.timezone)} because "
         f"{_subject(account, use)} used all of its {_hours(use.allowed)} {info.unit} for {window.label} "
-        f"({use.limit.value}). {reset}"
+        f"(budget setting {use.limit.value}). {reset}"
     )
 
 
