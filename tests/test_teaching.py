@@ -4,6 +4,7 @@ reconciler's plan, the quota budget; idle culling's per-profile timeouts and bus
 from __future__ import annotations
 
 import asyncio
+import json
 import datetime as dt
 from pathlib import Path
 from types import SimpleNamespace
@@ -241,6 +242,22 @@ def test_session_budget_is_a_window_budget_in_the_sessions_zone() -> None:
     assert check(AFTER).limit is Limit.SESSION_WINDOW
     assert check(DURING) is None
     assert teaching_accounts(CONFIG)["session:gitcourse"].budget is None
+
+
+def test_the_quota_cli_lists_the_sessions_as_the_admin_page_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.quota.cli import main as quota_cli
+
+    yaml = tmp_path / "workbench.yaml"
+    yaml.write_text(TEXT)
+    monkeypatch.delenv("WORKBENCH_QUOTA_EXTRA_ACCOUNTS", raising=False)
+    args = ["--config", str(yaml), "--db", f"sqlite:///{tmp_path / 'ledger.sqlite'}"]
+    assert quota_cli([*args, "show", "--json"]) == 0
+    shown = {row["account"] for row in json.loads(capsys.readouterr().out)}
+    assert {"session:intro", "session:gitcourse"} <= shown
+    assert quota_cli([*args, "show", "session:intro"]) == 0
+    assert "session:intro" in capsys.readouterr().out
 
 
 # Idle culling -----------------------------------------------------------------------------------

@@ -475,6 +475,9 @@ def make_app(service: QuotaService, prefix: str, hub_auth: HubOAuth, cookie_secr
 
 
 EXTRA_ACCOUNTS_ENV = "WORKBENCH_QUOTA_EXTRA_ACCOUNTS"
+# The teaching sessions of the same YAML: the service and the CLI both default to them, so
+# the admin page and `cli show` list the same accounts.
+DEFAULT_EXTRA_ACCOUNTS = "services.teaching.quota:teaching_accounts"
 
 
 def extra_accounts_loader(spec: str, config: Callable[[], WorkbenchConfig]) -> Callable[[], dict[str, Account]]:
@@ -530,7 +533,8 @@ async def _serve(prefix: str, host: str, port: int) -> None:
 
     service = QuotaService(ledger, config,
                            reservation_ttl=float(os.environ.get("WORKBENCH_QUOTA_RESERVATION_TTL", "900")),
-                           extra_accounts=extra_accounts_loader(os.environ.get(EXTRA_ACCOUNTS_ENV, ""), config))
+                           extra_accounts=extra_accounts_loader(
+                               os.environ.get(EXTRA_ACCOUNTS_ENV, DEFAULT_EXTRA_ACCOUNTS), config))
     hub_auth = HubOAuth(cache_max_age=60)
     server = HTTPServer(make_app(service, prefix, hub_auth, secrets.token_bytes(32)))
     server.listen(port, address=host)

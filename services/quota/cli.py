@@ -24,7 +24,15 @@ from hub_config.loader import ConfigError, load_config
 from hub_config.storage import default_data_dir
 
 from .accounts import all_accounts
-from .app import DB_ENV, default_db_url, parse_moment, validate_override
+from .app import (
+    DB_ENV,
+    DEFAULT_EXTRA_ACCOUNTS,
+    EXTRA_ACCOUNTS_ENV,
+    default_db_url,
+    extra_accounts_loader,
+    parse_moment,
+    validate_override,
+)
 from .budgets import LIMITS, _hours
 from .errors import QuotaError
 from .ledger import Ledger
@@ -82,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 2
     ledger = Ledger(args.db or os.environ.get(DB_ENV) or default_db_url(str(default_data_dir())))
-    accounts = all_accounts(config, known=ledger.accounts())
+    extra = extra_accounts_loader(os.environ.get(EXTRA_ACCOUNTS_ENV, DEFAULT_EXTRA_ACCOUNTS), lambda: config)
+    accounts = all_accounts(config, extra(), known=ledger.accounts())
     now = time.time()
     try:
         if args.command == "set":
