@@ -292,6 +292,20 @@ def test_cpr_numbers_have_a_valid_date(tmp_path: Path, text: str, flagged: bool)
     assert bool(_codes(tmp_path / "notes.txt")) is flagged
 
 
+def test_hashes_and_uuids_in_a_manifest_are_not_cpr_numbers(tmp_path: Path) -> None:
+    """A results manifest full of SHA-256 sums and run UUIDs (both hold DDMMYYXXXX-like digit
+    runs by chance) is not flagged; a CPR number beside them still is."""
+    digests = ["c3f1a0b2d4e6" "0101901234" + "ab" * 21,  # a real-date run inside a digest
+               "7d2e" + "3112851234" + "f" * 50]
+    run_ids = ["e4b1c2d3-0101-4a5b-8c9d-a01019012345", "9f8e7d6c-5b4a-4c3d-9e8f-ab3112851234"]
+    manifest = "\n".join(f"{d}  results/part-{i}.csv" for i, d in enumerate(digests)) + "\n"
+    manifest += "".join(f"run {r}\n" for r in run_ids)
+    (tmp_path / "MANIFEST.txt").write_text(manifest)
+    assert _codes(tmp_path / "MANIFEST.txt") == set()
+    (tmp_path / "MANIFEST.txt").write_text(manifest + "patient 0101901234\n")
+    assert _codes(tmp_path / "MANIFEST.txt") == {("MANIFEST.txt", "cpr_like")}
+
+
 def test_unknown_formats_go_to_the_steward_text_is_scanned(tmp_path: Path) -> None:
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 64)
     found = checks.check_file(tmp_path / "blob.bin", "blob.bin")

@@ -359,8 +359,29 @@ def _real_date(match: re.Match[bytes]) -> bool:
     return True
 
 
+# Digits inside hashes and UUIDs (a results manifest is full of SHA-256 sums) look like CPR
+# numbers by chance: about 1 in 370 SHA-256 hex strings holds a real-date DDMMYYXXXX run.
+_HEX_TOKEN = re.compile(rb"[0-9A-Fa-f]{16,}")
+_UUID = re.compile(rb"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+_WORD = re.compile(rb"[0-9A-Za-z]+")
+
+
+def _inside_hash_or_uuid(data: bytes, match: re.Match[bytes]) -> bool:
+    """Whether the candidate lies in a long hex token (a digest) or in a UUID."""
+    start, end = match.span()
+    lo, hi = max(0, start - 40), min(len(data), end + 40)
+    for pattern in (_UUID, _WORD):
+        for token in pattern.finditer(data, lo, hi):
+            if token.start() <= start and end <= token.end() and (
+                pattern is _UUID or (_HEX_TOKEN.fullmatch(token.group()) and len(token.group()) > end - start)
+            ):
+                return True
+    return False
+
+
 def _cpr_lines(data: bytes) -> list[int]:
-    return sorted({data.count(b"\n", 0, m.start()) + 1 for m in _CPR.finditer(data) if _real_date(m)})
+    return sorted({data.count(b"\n", 0, m.start()) + 1 for m in _CPR.finditer(data)
+                   if _real_date(m) and not _inside_hash_or_uuid(data, m)})
 
 
 def _cpr_finding(relative: str, lines: list[int], where: str = "line") -> list[Finding]:
