@@ -11,10 +11,12 @@ from pathlib import Path
 import pydicom
 import pydicom.data
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.filewriter import dcmwrite
 
 from services.sample_gateway.deidentify import DeidError, DeidPolicy, deidentify
 from services.sample_gateway.delivery import PullWriter, encode_instance
+from services.sample_gateway.encoding import _plain_encoding, part10_bytes
 from services.sample_gateway.pipeline import (
     Delivered,
     Refused,
@@ -139,3 +141,67 @@ async def test_workers_in_a_thread_or_a_process(tmp_path: Path, processes: int) 
         assert len({o.row.sha256 for o in outcomes}) == 1  # the same keys: the same file
     finally:
         workers.shutdown()
+
+
+def test_part10_bytes_are_the_bytes_dcmwrite_writes_on_the_corpus() -> None:
+    compared = fast = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in corpus():
+            try:
+                ds = pydicom.dcmread(path)
+                drop_private(ds)
+                out = deidentify(ds, KEYS, POLICY).dataset
+                as_read = sum(isinstance(out.get_item(t), RawDataElement) for t in out.keys())  # noqa: SIM118
+                expected = encoded(out)
+            except (DeidError, Exception):  # noqa: BLE001, S112 - not DICOM, or refused either way
+                continue
+            assert part10_bytes(out) == expected, path.name
+            compared += 1
+            fast += as_read > 0 and _plain_encoding(out.file_meta.TransferSyntaxUID) is not None
+    assert compared > 150 and fast > 75  # the direct way was taken, on many files
+
+
+def reread(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """`ds` as the gateway gets it: encoded, then read back (its elements undecoded)."""
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return pydicom.dcmread(io.BytesIO(encoded(ds)))
+
+
+def test_only_values_kept_unchanged_in_printable_ascii_go_out_as_read() -> None:
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ds.PatientName = "Quuxley^Jens"
+    ds.Manufacturer = "ACME Scanners"  # kept as it is
+    ds.ManufacturerModelName = "Sømand 3000"  # kept, but not ASCII: encoded again
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.StudyDescription = "CT Quuxley follow-up"  # a kept descriptor that loses the name
+    ds.SoftwareVersions = "Quuxley build"  # kept text that loses the name
+    ds.SeriesNumber = "7"  # a number kept as it is
+    ds.Rows = 128  # binary numbers: kept as read
+    source_ds = reread(ds)
+    out = deidentify(source_ds, KEYS, POLICY).dataset
+    def as_read(keyword: str) -> bool:
+        return isinstance(out.get_item(keyword), RawDataElement)
+    assert as_read("Manufacturer") and as_read("SeriesNumber") and as_read("Rows")
+    assert not as_read("ManufacturerModelName") and not as_read("StudyDescription")
+    assert not as_read("SoftwareVersions") and not as_read("StudyInstanceUID")
+    data = part10_bytes(out)
+    assert b"QUUXLEY" not in data.upper() and b"JENS" not in data.upper()
+    back = pydicom.dcmread(io.BytesIO(data))
+    assert back.Manufacturer == "ACME Scanners" and back.ManufacturerModelName == "Sømand 3000"
+    assert back.Rows == 128 and back.SeriesNumber == 7 and back.StudyDescription == "CT follow-up"
+
+
+def test_binary_values_with_an_unexpected_vr_or_length_take_the_ordinary_way() -> None:
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ds.Rows, ds.Columns = 128, 128
+    data = encoded(ds)
+    rows, columns = b"\x28\x00\x10\x00US\x02\x00\x80\x00", b"\x28\x00\x11\x00US\x02\x00\x80\x00"
+    assert data.count(rows) == data.count(columns) == 1
+    data = data.replace(rows, b"\x28\x00\x10\x00SS\x02\x00\x80\x00")  # Rows with another VR
+    data = data.replace(columns, b"\x28\x00\x11\x00US\x01\x00\x80")  # half a number
+    out = deidentify(pydicom.dcmread(io.BytesIO(data)), KEYS, POLICY).dataset
+    assert not isinstance(out.get_item(0x00280010), RawDataElement)
+    assert not isinstance(out.get_item(0x00280011), RawDataElement)
+    assert isinstance(out.get_item("BitsAllocated"), RawDataElement)

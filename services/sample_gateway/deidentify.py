@@ -36,7 +36,11 @@ Then PatientIdentityRemoved, LongitudinalTemporalInformationModified,
 DeidentificationMethod and DeidentificationMethodCodeSequence are set, PatientAge is
 computed when absent, and new file meta is built (MediaStorageSOPInstanceUID
 remapped).  The input dataset is read through ``Dataset.get_item`` and never
-modified.
+modified; each element is decoded once.  An element kept exactly as read goes into
+the output undecoded (pydicom's ``RawDataElement``), so :mod:`.encoding` writes its
+bytes as they came: binary numbers that rule 6 keeps whatever they hold (decided by
+tag, the VR and length as read checked against the dictionary), and values that the
+rules above kept unchanged and whose bytes are printable ASCII.
 """
 
 from __future__ import annotations
@@ -47,25 +51,30 @@ import re
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from pydicom import charset as _charset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement, convert_raw_data_element, empty_value_for_VR
+from pydicom.dataelem import (
+    DataElement,
+    RawDataElement,
+    convert_raw_data_element,
+    empty_value_for_VR,
+)
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     UID,
-    UID_dictionary,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     MediaStorageDirectoryStorage,
+    UID_dictionary,
 )
 
 from . import annex_e
@@ -634,6 +643,8 @@ _GENERIC_WORDS = frozenset(
      "regional", "region", "national", "sygehus", "diagnostic", "diagnostics",
      "services", "service", "street", "road", "gade", "allé"}
 )
+_TERM_TAGS_WHOLE = frozenset(int(tag_for_keyword(k)) for k in _TERM_KEYWORDS_WHOLE)
+_TERM_TAGS_WORDS = frozenset(int(tag_for_keyword(k)) for k in _TERM_KEYWORDS_WORDS)
 
 
 def identifying_terms(ds: Dataset) -> frozenset[str]:
@@ -648,14 +659,14 @@ def identifying_terms(ds: Dataset) -> frozenset[str]:
     return _record_identifiers(ds)[0]
 
 
-def _record_identifiers(ds: Dataset) -> tuple[frozenset[str], frozenset[str]]:
+def _record_identifiers(ds: Dataset, convert: _Converter | None = None) -> tuple[frozenset[str], frozenset[str]]:
     """:func:`identifying_terms`, and the record's dates as ``YYYYMMDD`` (DA and DT
-    values at any depth), in one walk."""
+    values at any depth), in one walk (``convert``: how an element is converted, by
+    default :func:`_convert`; the de-identifier passes its cache)."""
     terms: set[str] = set()
     dates: set[str] = set()
-    whole = {int(tag_for_keyword(k)) for k in _TERM_KEYWORDS_WHOLE}
-    words = {int(tag_for_keyword(k)) for k in _TERM_KEYWORDS_WORDS}
-    for elem in _iter_converted(ds):
+    whole, words = _TERM_TAGS_WHOLE, _TERM_TAGS_WORDS
+    for elem in _iter_converted(ds, convert or _convert, skip=_TERM_TAGS_WHOLE | _TERM_TAGS_WORDS):
         if elem.VR == "PN":
             for value in _values(elem.value):
                 text = normalise_term(str(value))
@@ -688,15 +699,19 @@ def _values(value: Any) -> list[Any]:
     return [value]
 
 
-def _iter_converted(ds: Dataset) -> Iterator[DataElement]:
-    """All elements at any depth, converted without touching `ds`'s own cache."""
+def _iter_converted(ds: Dataset, convert: _Converter, skip: frozenset[int]) -> Iterator[DataElement]:
+    """All elements at any depth, converted without touching `ds`'s own cache, but those
+    that can only hold binary numbers (:func:`_plain_binary`) and whose tag is not in
+    ``skip``: neither a name, nor a date, nor one of the identifying attributes."""
     encodings = _ResolvedCharset.of(ds).encodings
     stack: list[tuple[Dataset, list[str]]] = [(ds, encodings)]
     while stack:
         item, enc = stack.pop()
         for tag in list(item.keys()):
+            if tag not in skip and _plain_binary(item.get_item(tag)):
+                continue
             try:
-                elem = _convert(item, tag, enc)
+                elem = convert(item, tag, enc)
             except Exception:  # noqa: BLE001 - unparseable: deidentify() drops it
                 continue
             if elem is None or (BaseTag(tag).is_private and elem.VR != "PN"):
@@ -712,6 +727,43 @@ def _convert(ds: Dataset, tag: int, encodings: list[str]) -> DataElement | None:
     if raw is None or isinstance(raw, DataElement):
         return raw
     return convert_raw_data_element(raw, encoding=encodings, ds=ds)
+
+
+_PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*")
+
+_Converter = Callable[[Dataset, int, list[str]], "DataElement | None"]
+
+#: VRs whose value is binary numbers, never text, with the size of one number: such a
+#: value is kept by the profile as it is (rule 6, "anything else ... kept") unless its
+#: attribute is listed in Table E.1-1.
+_PLAIN_BINARY_VRS = {"AT": 4, "FL": 4, "FD": 8, "OB": 2, "OD": 8, "OF": 4, "OL": 4,
+                     "OV": 8, "OW": 2, "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8}
+
+
+@lru_cache(maxsize=4096)
+def _plain_binary_vr(tag: int) -> str | None:
+    """The dictionary VR of a public, non-repeating-group attribute when it is one of
+    :data:`_PLAIN_BINARY_VRS` (an ambiguous VR such as ``US or SS`` is not), else None."""
+    tag = BaseTag(tag)
+    if tag.is_private or tag.element == 0 or annex_e.is_repeating_group(tag):
+        return None
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return vr if vr in _PLAIN_BINARY_VRS else None
+
+
+def _plain_binary(raw: Any) -> bool:
+    """Whether `raw` is a still undecoded element whose value is binary numbers by the
+    dictionary and as read: its explicit VR (if any) is the dictionary's, its length a
+    whole, even number of values, not undefined."""
+    if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+        return False
+    vr = _plain_binary_vr(raw.tag)
+    if vr is None or (raw.VR is not None and raw.VR != vr):
+        return False
+    return raw.length == len(raw.value) and len(raw.value) % _PLAIN_BINARY_VRS[vr] == 0
 
 
 # ---------------------------------------------------------------------------
@@ -769,7 +821,11 @@ class _Deidentifier:
         self.options = policy.options
         self.report = DeidReport()
         self.charset = _ResolvedCharset.of(source)
-        terms, dates = _record_identifiers(source)
+        # Each element is converted once, for the identifiers and for the walk.
+        self._converted: dict[tuple[int, int, tuple[str, ...]], DataElement | None] = {}
+        # The encoding written: raw elements read in it can be written as they are.
+        self.encoding = _transfer_syntax(source)[1]
+        terms, dates = _record_identifiers(source, self._convert)
         self.screen = IdentifyingScreen(terms, numbers=dates)
         if self.charset.problem:
             problem = self.charset.problem
@@ -789,8 +845,17 @@ class _Deidentifier:
 
     # -- identity -------------------------------------------------------------
 
+    def _convert(self, ds: Dataset, tag: int, encodings: list[str]) -> DataElement | None:
+        """:func:`_convert`, once per element (a failure is not kept: it raises again)."""
+        key = (id(ds), int(tag), tuple(encodings))
+        try:
+            return self._converted[key]
+        except KeyError:
+            elem = self._converted[key] = _convert(ds, tag, encodings)
+            return elem
+
     def _text(self, ds: Dataset, tag: int, encodings: list[str] | None = None) -> str:
-        elem = _convert(ds, tag, encodings or self.charset.encodings)
+        elem = self._convert(ds, tag, encodings or self.charset.encodings)
         if elem is None or elem.value is None:
             return ""
         return "\\".join(str(v) for v in _values(elem.value)).strip()
@@ -819,32 +884,72 @@ class _Deidentifier:
     def dataset(self, source: Dataset, encodings: list[str], depth: int) -> Dataset:
         out = Dataset()
         for tag in sorted(source.keys()):
+            if self._removed_by_tag(tag):
+                continue
+            raw = source.get_item(tag)
+            if self._kept_as_read(raw):
+                out[tag] = raw  # rule 6: binary numbers are kept; the bytes as read
+                continue
             try:
-                elem = _convert(source, tag, encodings)
+                elem = self._convert(source, tag, encodings)
             except Exception:  # noqa: BLE001 - a value pydicom cannot parse: fail closed
                 self.report.count("unreadable_removed", _name(tag))
                 continue
             if elem is None:
                 continue
             new = self.element(elem, source, encodings, depth)
-            if new is not None:
+            if new is None:
+                continue
+            if self._unchanged_as_read(new, elem, raw):
+                out[tag] = raw  # what the rules kept, exactly as read: no need to encode it
+            else:
                 out.add(new)
         return out
+
+    def _removed_by_tag(self, tag: BaseTag) -> bool:
+        """Rules 1 to 3, which need no value: group lengths, command and file meta
+        elements, private elements, curves and overlays are removed unread."""
+        if tag.element == 0 or tag.group in (0x0000, 0x0002):
+            self.report.count("group_length_removed" if tag.element == 0 else "removed", _name(tag))
+            return True
+        if tag.is_private:
+            self.report.count("private_removed", "private")
+            return True
+        if annex_e.is_repeating_group(tag):
+            self.report.count("repeating_group_removed", f"{tag.group:04X}xxxx")
+            return True
+        return False
+
+    def _kept_as_read(self, raw: Any) -> bool:
+        """An element that rule 6 keeps whatever its value, binary numbers (not text, not
+        in Table E.1-1), read in the encoding that is written: its bytes go out as they
+        came in, without being decoded and encoded again. Anything else, a VR that is not
+        the dictionary's or a length that is not a whole number of values included,
+        takes the ordinary way."""
+        return (_plain_binary(raw) and (raw.is_implicit_VR, raw.is_little_endian) == self.encoding
+                and annex_e.lookup(raw.tag) is None)
+
+    def _unchanged_as_read(self, new: DataElement, elem: DataElement, raw: Any) -> bool:
+        """Whether the rules kept `elem` unchanged (same VR, equal value; not a sequence)
+        and its bytes as read are printable ASCII in the encoding written: those bytes
+        then hold exactly the value the rules checked (ASCII reads the same in every
+        character set, and nothing, no escape or control character, hides in them)."""
+        if (not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes)
+                or new.VR != elem.VR or new.VR == "SQ" or raw.VR not in (None, new.VR)
+                or (raw.is_implicit_VR, raw.is_little_endian) != self.encoding
+                or raw.length != len(raw.value) or raw.length % 2):
+            return False
+        if not _PRINTABLE_ASCII.fullmatch(raw.value):
+            return False
+        try:
+            return bool(new.value == elem.value)
+        except Exception:  # noqa: BLE001 - values that cannot be compared are encoded
+            return False
 
     def element(
         self, elem: DataElement, parent: Dataset, encodings: list[str], depth: int
     ) -> DataElement | None:
         tag = elem.tag
-        name = elem.keyword or str(tag)
-        if tag.element == 0 or tag.group in (0x0000, 0x0002):
-            self.report.count("group_length_removed" if tag.element == 0 else "removed", name)
-            return None
-        if tag.is_private:
-            self.report.count("private_removed", "private")
-            return None
-        if annex_e.is_repeating_group(tag):
-            self.report.count("repeating_group_removed", f"{tag.group:04X}xxxx")
-            return None
         if tag == _SPECIFIC_CHARACTER_SET:
             return self._item_charset(elem, parent) if depth else None  # top: at the end
         if tag in _DEID_SUPPLEMENT and depth == 0:

@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.filewriter import dcmwrite
 
+from .encoding import part10_bytes
 from .errors import WorkspaceUnusable, shown
 
 log = logging.getLogger("sample_gateway")
@@ -283,9 +283,7 @@ def encode_instance(ds: Dataset) -> tuple[bytes, ManifestRow]:
     parts = [str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)]
     if not all(_UID.fullmatch(part) for part in parts):  # they become file names
         raise ValueError("a de-identified object without valid UIDs")
-    buffer = io.BytesIO()
-    dcmwrite(buffer, ds, enforce_file_format=True)
-    data = buffer.getvalue()
+    data = part10_bytes(ds)
     row = ManifestRow(
         file=f"{parts[0]}/{parts[1]}/{parts[2]}.dcm",
         sha256=hashlib.sha256(data).hexdigest(),
