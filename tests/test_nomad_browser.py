@@ -49,7 +49,7 @@ def test_placement_failure_message_shows_in_the_browser(new_page, hub: Hub) -> N
     page.check("input[name=profile][value=h100]")
     page.click("#spawn_form button[type=submit]")
     page.wait_for_function(
-        "document.body.innerText.includes(\"No node can start the profile 'One H100' right now\")",
+        "!!document.body && document.body.innerText.includes(\"No node can start the profile 'One H100' right now\")",
         timeout=60_000)
     text = page.inner_text("body")
     assert "have no GPU of the kind this profile asks for" in text
