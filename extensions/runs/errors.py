@@ -8,24 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hub_config.public_errors import PublicError
 
-class RunError(Exception):
-    status = 400
-    reason = "bad_request"
+
+class RunError(PublicError):
+    """A run that cannot start or finish; ``exit_code`` is the CLI's status."""
+
     exit_code = 2
-
-    def __init__(
-        self, message: str, *, reason: str | None = None, status: int | None = None,
-        log_message: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.reason = reason or self.reason
-        self.status = status or self.status
-        self.log_message = log_message or message
-
-    def to_json(self) -> dict[str, object]:
-        return {"error": {"message": self.message, "reason": self.reason}}
 
 
 class ParameterError(RunError):

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from hub_config.public_errors import PublicError
 
 
-class AirlockError(Exception):
-    status = 400
-    reason = "bad_request"
-
-    def __init__(
-        self, message: str, *, reason: str | None = None, status: int | None = None,
-        log_message: str | None = None, detail: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.reason = reason or self.reason
-        self.status = status or self.status
-        self.log_message = log_message or message
-        self.detail = detail or {}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "reason": self.reason, **self.detail}}
+class AirlockError(PublicError):
+    """An export request the airlock refuses or cannot handle."""
 
 
 class Unauthenticated(AirlockError):

@@ -8,25 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from hub_config.public_errors import PublicError
+
 from .budgets import Refusal
 
 
-class QuotaError(Exception):
-    status = 400
-    reason = "bad_request"
-
-    def __init__(
-        self, message: str, *, reason: str | None = None, status: int | None = None,
-        log_message: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.reason = reason or self.reason
-        self.status = status or self.status
-        self.log_message = log_message or message
-
-    def to_json(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "reason": self.reason}}
+class QuotaError(PublicError):
+    """A quota refusal or a bad request to the quota service."""
 
 
 class QuotaExceeded(QuotaError):

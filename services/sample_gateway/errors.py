@@ -6,23 +6,11 @@ becomes a generic 500 with the detail in the gateway's log (which never holds pa
 
 from __future__ import annotations
 
+from hub_config.public_errors import PublicError
 
-class GatewayError(Exception):
-    status = 400
-    reason = "bad_request"
 
-    def __init__(
-        self, message: str, *, reason: str | None = None, status: int | None = None,
-        log_message: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.reason = reason or self.reason
-        self.status = status or self.status
-        self.log_message = log_message or message
-
-    def to_json(self) -> dict[str, object]:
-        return {"error": {"message": self.message, "reason": self.reason}}
+class GatewayError(PublicError):
+    """A search or pull the gateway refuses or cannot complete."""
 
 
 class NotAllowed(GatewayError):
