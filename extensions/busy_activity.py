@@ -28,8 +28,9 @@ INTERVAL_ENV = "WORKBENCH_BUSY_CHECK_SECONDS"
 
 def jupyter_config_dir() -> Path:
     """The workbench's Jupyter server config directory: ``jupyter_server_config.d`` enables
-    this extension and makes terminals plain interactive shells (a login shell would reset
-    PATH from /etc/profile and lose the workbench's Python)."""
+    this extension; ``jupyter_server_config.json`` makes terminals plain interactive shells (a
+    login shell would reset PATH from /etc/profile and lose the workbench's Python). Server
+    settings must be in the .json: Jupyter reads ``.d`` folders only to enable extensions."""
     return Path(__file__).resolve().parent / "busy_activity_config"
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from demo.hub import HUB_CONFIG, HubProcess
@@ -74,6 +76,16 @@ def test_spawn_through_the_api_runs_a_real_server_for_the_project(hub: RunningHu
     assert (home / "projects" / "magi").resolve() == hub.files.storage.project_dir("magi").resolve()
     assert (home / "datasets" / "phantoms" / "README.txt").exists()
     assert (home / "examples" / "01-sample-pull.ipynb").exists()
+    # A JupyterLab terminal is an interactive, not a login, shell (Debian's /etc/profile would
+    # reset PATH) and finds the workbench's Python first: `python -m extensions.runs` works.
+    terminal = httpx.post(f"{hub.url}/user/anna/api/terminals", headers={"Authorization": f"token {hub.token}"})
+    assert terminal.status_code == 200, terminal.text
+    shells = [p for p in psutil.Process(entry["state"]["pid"]).children(recursive=True)
+              if Path(p.exe()).name in ("bash", "sh")]
+    assert shells, "the terminal's shell runs under the server"
+    assert not {"-l", "--login"} & set(shells[0].cmdline()), shells[0].cmdline()
+    path = environ_of(shells[0].pid)["PATH"]
+    assert Path(shutil.which("python", path=path)).parent == Path(sys.executable).parent, path
     stop(hub, "anna")
 
 
