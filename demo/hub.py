@@ -108,7 +108,9 @@ class HubProcess:
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path or self.data_dir / "hub.log"
-        log = open(log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
+        # 0600: the log names every user's logins and requests; servers must not read it.
+        log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        os.chmod(log_path, 0o600)  # a log made before this rule
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(HUB_CONFIG)],
             cwd=self.data_dir,

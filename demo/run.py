@@ -83,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 1
     finally:
-        step("stopping")
+        step("stopping (servers, services, hub, then Orthanc; up to a minute)")
+        stopping = time.monotonic()
         if hub is not None:
             hub.stop()
         orthanc.stop()
+        step(f"stopped in {time.monotonic() - stopping:.0f} s; nothing of the demo is left running")
     return 0
 
 
@@ -139,7 +141,9 @@ def _print_logins(url: str, config, passwords: dict[str, str]) -> None:  # noqa:
 
 
 def _wait_for_ctrl_c(hub: HubProcess) -> None:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # SIGINT too: a demo started in the background by a script inherits SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     while hub.process is not None and hub.process.poll() is None:
         time.sleep(0.5)
     raise RuntimeError(f"JupyterHub stopped unexpectedly:\n{hub.log_tail()}")

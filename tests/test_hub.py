@@ -76,6 +76,7 @@ def test_spawn_through_the_api_runs_a_real_server_for_the_project(hub: RunningHu
     assert (home / "projects" / "magi").resolve() == hub.files.storage.project_dir("magi").resolve()
     assert (home / "datasets" / "phantoms" / "README.txt").exists()
     assert (home / "examples" / "01-sample-pull.ipynb").exists()
+    assert hub.process.log_path.stat().st_mode & 0o077 == 0, "the hub's log is the hub's alone"
     # A JupyterLab terminal is an interactive, not a login, shell (Debian's /etc/profile would
     # reset PATH) and finds the workbench's Python first: `python -m extensions.runs` works.
     terminal = httpx.post(f"{hub.url}/user/anna/api/terminals", headers={"Authorization": f"token {hub.token}"})
@@ -243,6 +244,7 @@ def test_local_servers_run_unprivileged_and_cannot_read_the_hubs_secrets(hub: Ru
     assert as_server("cat", str(data / "secrets" / "archive-credentials")).returncode != 0
     assert as_server("ls", str(data / "gateway")).returncode != 0
     assert as_server("ls", str(data / "hub")).returncode != 0
+    assert as_server("cat", str(hub.process.log_path)).returncode != 0  # everyone's logins
     # What the server needs stays reachable: its home, the project's workspace, samples.
     assert as_server("touch", str(hub.files.storage.home("anna") / "scratch.txt")).returncode == 0
     assert as_server("touch", str(hub.files.storage.project_dir("magi") / "shared.txt")).returncode == 0
