@@ -158,6 +158,8 @@ async def test_progress_events_are_replayed_to_late_listeners(hub: RunningHub) -
 def test_gateway_service_needs_a_hub_token_with_access(hub: RunningHub) -> None:
     url = f"{hub.url}/services/sample-gateway/api/"
     assert httpx.get(url + "health").json() == {"status": "ok"}
+    # The hub's minute-by-minute health check of its services hits the root: no 404s in the log.
+    assert httpx.get(f"{hub.url}/services/sample-gateway/").json() == {"status": "ok"}
     anonymous = httpx.post(url + "search", json={"project": "magi"})
     assert anonymous.status_code == 401 and "no valid hub token" in anonymous.json()["error"]["message"]
     narrow = hub.user_token("anna", scopes=["read:users:name!user"])

@@ -220,6 +220,8 @@ def make_app(gateway: Gateway, prefix: str, hub_auth: HubAuth) -> web.Applicatio
     args = {"gateway": gateway, "hub_auth": hub_auth}
     return web.Application(
         [
+            # The hub checks its services' health at their root every minute: answer it.
+            (prefix, HealthHandler),
             (prefix + "api/health", HealthHandler),
             (prefix + "api/projects", ProjectsHandler, args),
             (prefix + "api/search", SearchHandler, args),
