@@ -145,6 +145,16 @@ def mounts_for(config: WorkbenchConfig, project_id: str, today: dt.date) -> Moun
     return Mounts(tuple(granted), tuple(refused))
 
 
+def usable_anywhere(config: WorkbenchConfig, today: dt.date) -> set[str]:
+    """Datasets at least one project or teaching session may mount today.
+
+    Local mode runs every server as one account, so a folder is either open to all servers
+    or to none: this is the set that stays open (see ``datasets_mount.local.guard_datasets``).
+    """
+    users = [p.id for p in config.projects] + [s.id for s in config.teaching]
+    return {d.id for user in users for d in mounts_for(config, user, today).granted}
+
+
 def catalogue_for(
     config: WorkbenchConfig, project_id: str | None, today: dt.date
 ) -> list[DatasetStatus]:

@@ -3,17 +3,21 @@
 Local mode can only offer what one machine honestly can: a symbolic link per approved
 dataset, and removal of links to datasets the project no longer may use (expired approval,
 approval withdrawn, dropped from the project's list), each removal said in the progress
-stream. It cannot make a dataset read-only for a process running as the same Unix user;
-Nomad mounts volumes read-only and Docker binds them ``:ro`` (see the README's "limits of
-local mode").
+stream. Servers run as one shared account (``workbench``), so a link is a convenience, not
+a wall: ``guard_datasets`` closes the folders of datasets no project or session may use
+today (lapsed or withdrawn approvals, never approved) and hides the listing of the datasets
+root; a dataset approved for one project stays readable to every local server. Nomad mounts
+only the project's volumes, read-only (see the README's "limits of local mode").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import stat
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
-from hub_config.model import Dataset
+from hub_config.model import Dataset, WorkbenchConfig
 from hub_config.storage import StorageLayout
 
 from .catalogue import DatasetStatus
@@ -66,3 +70,28 @@ def link_datasets(
         link.symlink_to(target, target_is_directory=True)
         linked.append(dataset_id)
     return linked, problems
+
+
+def guard_datasets(storage: StorageLayout, config: WorkbenchConfig, usable: Collection[str]) -> list[str]:
+    """Close the folders of catalogue datasets not in ``usable`` to other accounts, open the
+    usable ones; return the ids closed. Only folders under the workbench's data root are
+    touched (an absolute location elsewhere belongs to its owner's permissions), and only the
+    top folder's mode changes: a closed folder cannot be entered, whatever its files' modes.
+    """
+    root = storage.resolve("datasets")
+    if root.is_dir() and not root.is_symlink():
+        # Servers follow ~/datasets/<id> links through here, but may not list it.
+        os.chmod(root, (stat.S_IMODE(root.stat().st_mode) & ~0o044) | 0o011)
+    closed = []
+    data_root = storage.root.resolve()
+    for dataset in config.datasets:
+        folder = storage.resolve(dataset.path)
+        if folder.is_symlink() or not folder.is_dir() or not folder.resolve().is_relative_to(data_root):
+            continue
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        if dataset.id in usable:
+            os.chmod(folder, mode | 0o055)
+        else:
+            os.chmod(folder, mode & ~0o077)
+            closed.append(dataset.id)
+    return closed

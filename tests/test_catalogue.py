@@ -210,6 +210,41 @@ def test_local_links_removed_at_next_start_with_the_reason(tmp_path: Path) -> No
     assert any(m.startswith("Dataset beta-only is not approved for alpha") for m in messages)
 
 
+def test_datasets_usable_by_any_project_today() -> None:
+    assert catalogue.usable_anywhere(CONFIG, TODAY) == {"ct", "beta-only"}
+    # 'old' lapsed, 'listed' was never approved, 'open' is approved for all but nobody lists it.
+    assert catalogue.usable_anywhere(CONFIG, dt.date(2028, 1, 1)) == {"beta-only"}
+
+
+def test_guard_closes_the_folders_of_datasets_nobody_may_use(tmp_path: Path) -> None:
+    """Local servers share one account: what no project may use today is closed to it."""
+    from datasets_mount.local import guard_datasets
+
+    storage = StorageLayout(tmp_path)
+    for dataset in CONFIG.datasets:
+        folder = storage.resolve(dataset.path)
+        folder.mkdir(parents=True)
+        (folder / "data.txt").write_text("x")
+        folder.chmod(0o755)
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside.mkdir(mode=0o755)
+    config = CONFIG.model_copy(update={"datasets": [*CONFIG.datasets, CONFIG.datasets[1].model_copy(
+        update={"id": "away", "path": str(outside)})]})
+    closed = guard_datasets(storage, config, catalogue.usable_anywhere(config, TODAY))
+    assert sorted(closed) == ["listed", "old", "open"]
+
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    assert mode(storage.resolve("datasets/old")) == 0o700
+    assert mode(storage.resolve("datasets/ct")) == 0o755
+    assert mode(storage.resolve("datasets")) & 0o044 == 0  # not listable by others
+    assert mode(outside) == 0o755  # outside the data root: its owner's permissions stand
+    # The approval is renewed: the next guard opens the folder again.
+    assert guard_datasets(storage, config, {"ct", "old", "beta-only"}) == ["listed", "open"]
+    assert mode(storage.resolve("datasets/old")) == 0o755
+
+
 # Nomad -------------------------------------------------------------------------------------
 def test_nomad_mounts_the_catalogue_volume_read_only() -> None:
     selection = resolve_selection(CONFIG, "ada", {"project": "alpha"}, TODAY)
