@@ -291,6 +291,9 @@ class WorkbenchSpawnerMixin(HasTraits):
             )
         except QuotaError as error:
             raise _spawn_refusal(error) from None
+        # Saved at once: a hub killed before the start returns finds the reservation in the
+        # server's state on restart, and its post-stop hook releases it.
+        save_state_now(self)
         held = f"{profile.gpus} GPU(s) and {_number(profile.cpu)} core(s)" if profile.gpus else (
             f"{_number(profile.cpu)} core(s)"
         )
@@ -313,6 +316,43 @@ class WorkbenchSpawnerMixin(HasTraits):
                     status_code=503,
                 )
         return result
+
+    async def get_url(self) -> str:
+        """Where the server is, asked by JupyterHub after a restart for each server whose
+        ``poll()`` says it runs (``init_spawners``), before it waits ``http_timeout`` for it.
+
+        A start the old hub did not see through (killed mid-spawn) is picked up here: the
+        concrete spawner's ``recovered_url()`` finds the server (Nomad: waits for its
+        allocation within what is left of ``start_timeout``), and its quota reservation
+        becomes the running interval, as the end of ``start()`` would have done. Never raises
+        (JupyterHub does not catch errors here): without a URL, the one in the database is
+        returned, the hub finds nothing there and stops the server, which closes its quota.
+        """
+        recovered = getattr(self, "recovered_url", None)
+        url = None
+        if recovered is not None:
+            try:
+                url = await recovered()
+            except Exception:
+                self.log.exception("could not find %s after the hub restart", self._log_name)  # type: ignore[attr-defined]
+        if url is None:
+            return await super().get_url()  # type: ignore[misc]
+        if self.quota is not None and self.quota_allocation:
+            try:
+                accounted = await self.quota.adopt(self.quota_allocation, url)
+            except QuotaError as error:
+                self.log.error("quota: cannot account %s: %s", self._log_name, error.log_message)  # type: ignore[attr-defined]
+                accounted = False
+            if not accounted:
+                # Unaccounted use is not allowed (as in start()): stop it; the hub then finds
+                # nothing at the URL and removes the server.
+                self.log.warning(  # type: ignore[attr-defined]
+                    "%s: its quota reservation %s lapsed while the hub was down; stopping it",
+                    self._log_name,  # type: ignore[attr-defined]
+                    self.quota_allocation,
+                )
+                await self.stop(now=True)
+        return url
 
     def _quota_probe_url(self, result: Any) -> str | None:
         """Where the quota service checks that the server is alive (its unauthenticated /api)."""
@@ -465,6 +505,26 @@ class WorkbenchSpawnerMixin(HasTraits):
         # server that never got a pid, before the post-stop hook that must release its
         # reservation. The hook clears it once the ledger has the end; a new reservation
         # replaces it.
+
+
+def save_state_now(spawner: Any) -> None:
+    """Write the spawner's state to the hub database now, mid-start.
+
+    JupyterHub saves it only after ``start()`` returns; a hub killed before that would find
+    neither the quota reservation, the Nomad job nor the process of the start it cut short.
+    """
+    orm_spawner = getattr(spawner, "orm_spawner", None)
+    if orm_spawner is None:
+        return
+    try:
+        from sqlalchemy import inspect
+
+        session = inspect(orm_spawner).session
+        if session is not None:
+            orm_spawner.state = spawner.get_state()
+            session.commit()
+    except Exception:
+        spawner.log.warning("could not save the state of %s early", spawner._log_name, exc_info=True)
 
 
 async def _render_form(spawner: WorkbenchSpawnerMixin) -> str:

@@ -1,11 +1,12 @@
 """The quota on the spawn path: reserve before start, account from start to stop.
 
-:class:`spawners.workbench.WorkbenchSpawnerMixin` calls :class:`SpawnQuota` at four points, so
+:class:`spawners.workbench.WorkbenchSpawnerMixin` calls :class:`SpawnQuota` at these points, so
 the local and the Nomad spawner both get it:
 
   run_pre_spawn_hook   reserve (atomic check-and-insert); a refusal is a SpawnException
                        naming the limit, the usage and the reset
   start returned       the interval opens (usage counts from here)
+  get_url (restart)    the same, for a start a killed hub did not see through
   post-stop hook       the interval closes: now for a requested stop, at the time the
                        server was last seen for one that died; a reservation that never
                        started is released (a failed spawn uses nothing)
@@ -30,7 +31,7 @@ from hub_config.model import WorkbenchConfig
 
 from .accounts import Account, project_accounts
 from .budgets import remaining_lines, usage_of
-from .ledger import Claim, Ledger, ledger_for
+from .ledger import RUNNING, Claim, Ledger, ledger_for
 
 
 @dataclass
@@ -56,6 +57,19 @@ class SpawnQuota:
 
     async def started(self, allocation_id: str, url: str | None) -> bool:
         return await asyncio.to_thread(self.ledger.mark_started, allocation_id, now=self.clock(), url=url)
+
+    async def adopt(self, allocation_id: str, url: str | None) -> bool:
+        """A server found running after a hub restart: True when it is accounted (its
+        reservation starts now, or it was running already); False when the reservation
+        lapsed or was closed meanwhile."""
+
+        def adopt() -> bool:
+            if self.ledger.mark_started(allocation_id, now=self.clock(), url=url):
+                return True
+            record = self.ledger.get(allocation_id)
+            return record is not None and record.status == RUNNING
+
+        return await asyncio.to_thread(adopt)
 
     async def ended(self, allocation_id: str, *, requested: bool, reason: str) -> Any:
         """Close at now for a requested stop, else at the last time the server was seen alive."""
