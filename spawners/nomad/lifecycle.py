@@ -134,6 +134,17 @@ class ServerJob:
             )
             return await self._follow_allocation(alloc, namespace)
 
+    async def resume(self, job_id: str, namespace: str, alloc_id: str | None) -> Started:
+        """Pick up a start where a hub killed mid-spawn left it: wait for the job's live
+        allocation (queued ones wait for capacity) and follow it until its task runs.
+        Unbounded like the start itself: the caller bounds it. StartFailed if it fails."""
+        with _translated(namespace):
+            if alloc_id:
+                alloc = (await self.client.allocation(alloc_id, namespace=namespace)).data or {}
+            else:
+                alloc = await self._wait_for_allocation(job_id, namespace)
+            return await self._follow_allocation(alloc, namespace)
+
     async def _placed_allocation(
         self, job_id: str, namespace: str, eval_id: str, eval_index: int, profile_name: str
     ) -> Mapping[str, Any]:

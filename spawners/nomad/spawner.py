@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from jupyterhub.spawner import Spawner
@@ -35,7 +36,7 @@ from traitlets import (
 )
 
 from spawners.errors import spawn_error
-from spawners.workbench import WorkbenchSpawnerMixin
+from spawners.workbench import WorkbenchSpawnerMixin, save_state_now
 
 from . import objects, slugs
 from .client import NomadClient, NomadConnection
@@ -404,18 +405,7 @@ class NomadSpawnerBase(Spawner):
             submitted.namespace,
             submitted.eval_id,
         )
-        orm_spawner = getattr(self, "orm_spawner", None)
-        if orm_spawner is None:
-            return
-        try:
-            from sqlalchemy import inspect
-
-            session = inspect(orm_spawner).session
-            if session is not None:
-                orm_spawner.state = self.get_state()
-                session.commit()
-        except Exception:
-            self.log.debug("could not save Nomad state early for %s", self._log_name, exc_info=True)
+        save_state_now(self)
 
     def selection_for_start(self) -> Any:
         selection = getattr(self, "selection", None)
@@ -466,6 +456,44 @@ class NomadSpawnerBase(Spawner):
         self.alloc_id = started.alloc_id
         self._progress_hook(90, f"Running on {started.node} at {started.ip}:{started.port}")
         return started.ip, started.port
+
+    async def recovered_url(self) -> str | None:
+        """The server's URL once its allocation runs, for JupyterHub's check after a restart
+        (see ``WorkbenchSpawnerMixin.get_url``): a start cut short by a hub crash goes on
+        within what is left of its ``start_timeout``. None when it fails or runs out of time;
+        the hub then stops the server."""
+        if not self.job_id:
+            return None
+        namespace = self.job_namespace or self.nomad_namespace
+        try:
+            started = await asyncio.wait_for(
+                self.server_job().resume(self.job_id, namespace, self.alloc_id),
+                timeout=self.start_time_left(),
+            )
+        except TimeoutError:
+            self.log.warning(
+                "Nomad job %s of %s: not running within start_timeout after the hub restart",
+                self.job_id,
+                self._log_name,
+            )
+            return None
+        except StartFailed as failure:
+            self.log.warning("Nomad job %s of %s: %s", self.job_id, self._log_name, failure.log_message)
+            return None
+        if started.alloc_id != self.alloc_id:
+            self.alloc_id = started.alloc_id
+            save_state_now(self)
+        base_url = self.server.base_url if self.server else "/"
+        return f"http://{started.ip}:{started.port}{base_url}"
+
+    def start_time_left(self, minimum: float = 1.0) -> float:
+        """Seconds left of ``start_timeout`` for the start that began at ``orm_spawner.started``."""
+        began = getattr(getattr(self, "orm_spawner", None), "started", None)
+        if began is None:
+            return float(self.start_timeout)
+        now = datetime.now(UTC)
+        elapsed = (now - (began if began.tzinfo else began.replace(tzinfo=UTC))).total_seconds()
+        return max(self.start_timeout - elapsed, minimum)
 
     async def poll(self) -> int | None:
         if not self.job_id:
