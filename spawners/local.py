@@ -12,20 +12,27 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from jupyterhub.utils import random_port
 from traitlets import Int, List, Unicode, default
 
-from datasets_mount.local import link_datasets
+from datasets_mount.catalogue import usable_anywhere
+from datasets_mount.local import guard_datasets, link_datasets
 from hub_config.model import Profile
 from services.teaching.course import hand_out
 from services.teaching.rules import course_dir as teaching_course_dir
 
-from .workbench import WorkbenchSpawnerMixin
+from .workbench import WorkbenchSpawnerMixin, save_state_now
+
+LOCAL_STATE_VERSION = 1
+LAUNCH_ENV = "WORKBENCH_LAUNCH_ID"  # marks the process of one start, to find it without a pid
 
 
 class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
@@ -165,6 +172,9 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
                                    f"valid until {project.approval.expires.isoformat()}")
             self.prepare_workspace()
             self.emit_progress(30, "Workspace ready: ~/projects/" + project.id)
+        if self.server_user:  # one account for all servers: close what no project may use
+            workbench = self.workbench
+            guard_datasets(self.storage, workbench, usable_anywhere(workbench, self.today()))
         mounted, refused = link_datasets(
             self.storage, Path(self.home_dir) / "datasets", self.selection.datasets,
             self.selection.refused_datasets,
@@ -174,9 +184,64 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         for message in refused:
             self.emit_progress(40, message)
         self.emit_progress(50, f"Starting JupyterLab ({self.selection.profile.name})")
+        # Port and launch id reach the hub database before the process exists: a hub killed
+        # while Popen runs finds the process by its launch id on restart (load_state).
+        if self.port == 0:
+            self.port = random_port()
+        self._launch_id = secrets.token_hex(12)
+        save_state_now(self)
         ip_port = await super().start()
+        # The pid and port reach the hub database now, not after the quota is accounted: a
+        # hub killed in between finds (adopts or stops) the process instead of leaving it.
+        save_state_now(self)
         self.emit_progress(70, "Server process started; waiting for JupyterLab to answer")
         return ip_port
+
+    # State: the process and where it listens --------------------------------------------
+    _saved_address: tuple[str, int] | None = None
+    _launch_id: str | None = None
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        if self._launch_id:
+            env[LAUNCH_ENV] = self._launch_id
+        return env
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self._launch_id and self.port:
+            state["local"] = {
+                "version": LOCAL_STATE_VERSION,
+                "ip": self.ip or "127.0.0.1",
+                "port": self.port,
+                "launch": self._launch_id,
+            }
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        saved = (state or {}).get("local")
+        if not isinstance(saved, dict) or not isinstance(saved.get("port"), int):
+            return
+        self._saved_address = (str(saved.get("ip") or "127.0.0.1"), int(saved["port"]))
+        self._launch_id = str(saved.get("launch") or "") or None
+        if not self.pid and self._launch_id:
+            # The hub died between starting the process and saving its pid.
+            self.pid = find_launched(self._launch_id)
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._saved_address = None
+        self._launch_id = None
+
+    async def recovered_url(self) -> str | None:
+        """Where the process listens, for JupyterHub's check after a restart: a hub killed
+        before it recorded the address still finds (and then waits for) the server."""
+        if not self.pid or self._saved_address is None:
+            return None
+        ip, port = self._saved_address
+        base_url = self.server.base_url if self.server else "/"
+        return f"http://{ip}:{port}{base_url}"
 
     def prepare_course(self) -> str:
         """The student's home with the course notebooks (git courses: pulled by the server)."""
@@ -222,6 +287,17 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         self._give_to_server_user(home, mode=0o700, home=True)
         self._give_to_server_user(project_dir, mode=0o770)
         self._give_to_server_user(links, link, *copied)
+
+
+def find_launched(launch_id: str) -> int:
+    """The pid of the process started with ``WORKBENCH_LAUNCH_ID=launch_id``, else 0."""
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(LAUNCH_ENV) == launch_id:
+                return int(process.pid)
+        except psutil.Error:
+            continue
+    return 0
 
 
 def _usable_server_account(name: str, command: str, data_dir: Path) -> str:

@@ -10,6 +10,7 @@ SQLite ledger; the PostgreSQL ledger gets the same race in ``test_quota_ledger.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from services.quota.cli import main as cli
-from services.quota.ledger import ENDED, RELEASED, RUNNING, Ledger
+from services.quota.ledger import ENDED, RELEASED, RESERVED, RUNNING, Ledger
 from tests.fixtures.quota import RACE_USERS, QuotaHub
 
 pytestmark = pytest.mark.hub
@@ -233,3 +234,87 @@ def test_restarts_neither_lose_nor_double_count(quota_hub: QuotaHub) -> None:
     wait_for(lambda: ledger.get(keep.id).status == ENDED)
     final = ledger.get(keep.id)
     assert final.status == ENDED and final.ended_at - final.started_at >= 10
+
+
+def _server_processes(hub: QuotaHub, user: str, name: str) -> list:
+    """This hub's jupyterhub-singleuser processes of ``user``'s server ``name`` (by their
+    environment)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if not any("jupyterhub-singleuser" in part for part in process.info["cmdline"] or []):
+                continue
+            env = process.environ()
+        except psutil.Error:
+            continue
+        if (
+            env.get("JUPYTERHUB_USER") == user
+            and env.get("JUPYTERHUB_SERVER_NAME") == name
+            and f":{hub.process.api_port}/" in env.get("JUPYTERHUB_API_URL", "")
+        ):
+            found.append(process)
+    return found
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_hub_killed_while_a_local_server_starts_leaves_no_stray_process(quota_hub: QuotaHub) -> None:
+    """SIGKILL the hub as soon as the server's process exists, before it answers. After the
+    restart the hub has either adopted that process (running, accounted) or stopped it (gone,
+    reservation closed): never a process holding a port that no server owns. Then the user
+    starts again."""
+    ledger = Ledger(quota_hub.ledger_url)
+    import threading
+
+    with quota_hub.api() as api:
+        api.post("users/rita")
+
+    def request_start() -> None:  # the hub answers only once the server is up, or dies first
+        with contextlib.suppress(httpx.HTTPError), quota_hub.api() as api:
+            api.post(server_path("rita", "crash"), json={"project": "steady", "profile": "cpu-small"})
+
+    starting = threading.Thread(target=request_start, daemon=True)
+    starting.start()
+    deadline = time.monotonic() + 60
+    while not (processes := _server_processes(quota_hub, "rita", "crash")):
+        assert time.monotonic() < deadline, quota_hub.process.log_tail(60)
+        time.sleep(0.02)
+    quota_hub.process.kill_hub_only()
+    starting.join(60)
+    [process] = processes
+    [allocation] = [a for a in ledger.allocations(account="steady", user="rita", statuses=[RESERVED, RUNNING])
+                    if a.server_name == "crash"]
+    quota_hub.process.start(timeout=90)
+    quota_hub.wait_quota_service()
+
+    def settled() -> bool:
+        server = quota_hub.server("rita", "crash")
+        if server is None:  # stopped: the process and the reservation must be gone too
+            return not _alive(process) and ledger.get(allocation.id).status in (RELEASED, ENDED)
+        return bool(server.get("ready")) and ledger.get(allocation.id).status == RUNNING
+
+    wait_for(settled, timeout=120)
+    adopted = quota_hub.server("rita", "crash")
+    if adopted is not None:
+        assert adopted["state"]["pid"] == process.pid
+        with quota_hub.api() as api:
+            api.delete(server_path("rita", "crash"))
+        quota_hub.wait_stopped("rita", "crash")
+    wait_for(lambda: not _alive(process), timeout=30)
+    assert _server_processes(quota_hub, "rita", "crash") == []
+
+    with quota_hub.api() as api:
+        assert api.post(server_path("rita", "crash"), json={"project": "steady", "profile": "cpu-small"}).status_code in (201, 202)
+    quota_hub.wait_ready("rita", "crash")
+    with quota_hub.api() as api:
+        api.delete(server_path("rita", "crash"))
+    quota_hub.wait_stopped("rita", "crash")
