@@ -251,6 +251,10 @@ def test_local_servers_run_unprivileged_and_cannot_read_the_hubs_secrets(hub: Ru
     assert as_server("touch", str(hub.files.storage.home("anna") / "scratch.txt")).returncode == 0
     assert as_server("touch", str(hub.files.storage.project_dir("magi") / "shared.txt")).returncode == 0
     assert as_server("ls", str(hub.files.storage.samples_dir("magi"))).returncode == 0
-    # Approved datasets are read-only for it.
+    # Approved datasets are read-only for it; one whose approval lapsed is closed to it, and
+    # the datasets folder cannot be listed.
     assert as_server("touch", str(data / "datasets" / "phantoms" / "new.txt")).returncode != 0
+    assert as_server("ls", str(data / "datasets" / "phantoms")).returncode == 0
+    assert as_server("ls", str(data / "datasets" / "old-scans")).returncode != 0
+    assert as_server("ls", str(data / "datasets")).returncode != 0
     stop(hub, "anna")
