@@ -8,7 +8,7 @@ quota service adds the remaining budget) and mark profiles unavailable on this h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from html import escape
 
 from hub_config.model import Profile
@@ -69,9 +69,19 @@ def render_options_form(
     unavailable_profiles: Mapping[str, str] | None = None,
     selected_project: str | None = None,
     selected_profile: str | None = None,
+    elsewhere: Sequence[tuple[str, str]] = (),
 ) -> str:
+    """``elsewhere``: (label, url) of the pages a user without a project works on (a data
+    steward's airlock, an admin's pages), offered instead of a form with nothing to start."""
     project_notes = project_notes or {}
     unavailable_profiles = unavailable_profiles or {}
+    if not choices and elsewhere:
+        links = "".join(f'<li><a href="{escape(url)}">{escape(label)}</a></li>' for label, url in elsewhere)
+        return (
+            '<div class="alert alert-info" id="wb-no-project">You are not a member of any project, '
+            f"so there is no server to start here. Your work is on these pages:<ul>{links}</ul></div>"
+            + _DISABLE_START
+        )
     if not choices:
         return (
             '<div class="alert alert-warning" id="wb-no-project">You are not a member of any '

@@ -551,7 +551,20 @@ async def _render_form(spawner: WorkbenchSpawnerMixin) -> str:
         unavailable_profiles=unavailable,
         selected_project=previous.get("project"),
         selected_profile=previous.get("profile"),
+        elsewhere=_pages_for(config, spawner.user.name, spawner.hub.base_url) if not choices else (),  # type: ignore[attr-defined]
     )
+
+
+def _pages_for(config: WorkbenchConfig, username: str, hub_base_url: str) -> list[tuple[str, str]]:
+    """The pages of a steward or admin who has no project (and so nothing to start)."""
+    prefix = hub_base_url.rstrip("/").removesuffix("hub")  # "/hub/" -> "/"
+    pages = []
+    if username in config.data_stewards or any(username in p.stewards for p in config.projects):
+        pages.append(("Export requests to review (the airlock)", f"{prefix}services/airlock/"))
+    if username in config.admins:
+        pages.append(("Users and servers (the hub's admin page)", f"{prefix}hub/admin"))
+        pages.append(("Quotas of loaned compute", f"{prefix}services/quota/"))
+    return pages
 
 
 def _spawn_refusal(error: QuotaError) -> Exception:

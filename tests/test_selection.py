@@ -115,6 +115,18 @@ def test_form_for_someone_without_projects() -> None:
     assert "not a member of any project" in render_options_form([])
 
 
+def test_stewards_and_admins_without_projects_are_shown_their_pages() -> None:
+    from spawners.workbench import _pages_for
+
+    config = CONFIG.model_copy(update={"admins": ["root-admin"], "data_stewards": ["steffen"]})
+    assert _pages_for(config, "steffen", "/hub/") == [("Export requests to review (the airlock)", "/services/airlock/")]
+    assert [url for _, url in _pages_for(config, "root-admin", "/wb/hub/")] == ["/wb/hub/admin", "/wb/services/quota/"]
+    assert _pages_for(config, "nobody", "/hub/") == []
+    html = render_options_form([], elsewhere=_pages_for(config, "steffen", "/hub/"))
+    assert '<a href="/services/airlock/">Export requests to review (the airlock)</a>' in html
+    assert "button.disabled = true" in html and "Ask the workbench admins" not in html
+
+
 def test_form_data_to_options() -> None:
     assert options_from_formdata({"project": ["alpha"], "profile": ["big"], "x": ["y"]}) == {
         "project": "alpha",
