@@ -177,11 +177,10 @@ def nomad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NomadDouble]:
         assert double.violations == []
 
 
-@pytest.fixture(scope="module")
-def hub(nomad: NomadDouble, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    directory = tmp_path_factory.mktemp("hub")
+def hub_for(directory: Path, nomad: NomadDouble, workbench_yaml: str = WORKBENCH, extra: str = "") -> Hub:
+    """A hub (not started) in ``directory`` on the Nomad double; ``extra``: more config lines."""
     workbench = directory / "workbench.yaml"
-    workbench.write_text(WORKBENCH)
+    workbench.write_text(workbench_yaml)
     config = directory / "jupyterhub_config.py"
     public_port = free_port()
     config.write_text(
@@ -200,8 +199,15 @@ def hub(nomad: NomadDouble, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             data=str(directory / "data"),
             token=ADMIN_TOKEN,
         )
+        + extra
     )
-    running = Hub(directory, config, public_port)
+    return Hub(directory, config, public_port)
+
+
+@pytest.fixture(scope="module")
+def hub(nomad: NomadDouble, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    directory = tmp_path_factory.mktemp("hub")
+    running = hub_for(directory, nomad)
     running.start()
     yield running
     running.stop()

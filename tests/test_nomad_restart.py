@@ -14,7 +14,6 @@ no open reservation; in both cases the user can start again.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -30,10 +29,9 @@ from tests.nomad_double.scheduler import DeviceGroup, Node
 from tests.test_nomad_hub import (
     ADMIN_TOKEN,
     CHP,
-    CONFIG,
     SINGLEUSER,
     Hub,
-    free_port,
+    hub_for,
     spawn,
     wait_ready,
 )
@@ -98,29 +96,7 @@ def ledger_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def hub(nomad: NomadDouble, ledger_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     directory = tmp_path_factory.mktemp("hub")
-    workbench = directory / "workbench.yaml"
-    workbench.write_text(WORKBENCH)
-    config = directory / "jupyterhub_config.py"
-    public_port = free_port()
-    config.write_text(
-        CONFIG.format(
-            public_port=public_port,
-            hub_port=free_port(),
-            proxy_port=free_port(),
-            chp=str(CHP),
-            pid_file=str(directory / "proxy.pid"),
-            db=directory / "hub.sqlite",
-            cookie=str(directory / "cookie_secret"),
-            nomad=nomad.address,
-            singleuser=str(SINGLEUSER),
-            args=["--allow-root"] if os.geteuid() == 0 else [],
-            workbench=str(workbench),
-            data=str(directory / "data"),
-            token=ADMIN_TOKEN,
-        )
-        + EXTRA.format(ledger=ledger_url)
-    )
-    running = Hub(directory, config, public_port)
+    running = hub_for(directory, nomad, WORKBENCH, EXTRA.format(ledger=ledger_url))
     running.start()
     yield running
     with running.api as api:
