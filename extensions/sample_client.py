@@ -184,6 +184,11 @@ class SampleGateway:
     def pull_status(self, pull_id: str) -> Pull:
         return self._pull(self._call("GET", f"api/pulls/{pull_id}"))
 
+    def delete_pull(self, pull_id: str) -> Pull:
+        """Remove a delivered pull's files from the project workspace (audited; it still
+        counts toward the day's limits)."""
+        return self._pull(self._call("DELETE", f"api/pulls/{pull_id}"))
+
     def pull(
         self, study_keys: Sequence[str], *, progress: Callable[[Pull], None] | None = None,
         poll_seconds: float = 0.5, timeout: float = 3600.0,

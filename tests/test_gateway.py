@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import hashlib
 import json
+import shutil
 import socket
 import threading
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from services.sample_gateway.errors import (
     ArchiveTimeout,
     ArchiveUnavailable,
     BadRequest,
+    GatewayError,
     LimitExceeded,
     NotAllowed,
     NotFound,
@@ -322,4 +325,49 @@ async def test_pull_status_only_for_project_members(make_gateway: Callable[..., 
     assert gateway.list_pulls("anna", "magi")[0]["id"] == done["id"]
     with pytest.raises(NotAllowed):
         gateway.list_pulls("bo", "magi")
+    await gateway.aclose()
+
+
+async def test_a_member_deletes_a_delivered_pull_audited_and_still_counted(make_gateway: Callable[..., Gateway]) -> None:
+    from services.sample_gateway.errors import Conflict
+
+    gateway = make_gateway()
+    studies = await search(gateway, modality="CR")
+    done = await pull(gateway, [studies[0]["study_key"]])
+    folder = gateway.storage.project_dir("magi") / done["path"]
+    assert folder.is_dir()
+    since = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    used = gateway.state.usage_since("magi", since)
+
+    with pytest.raises(NotFound):  # not a member of magi: as if it did not exist
+        gateway.delete_pull("bo", done["id"])
+    assert folder.is_dir()
+
+    deleted = gateway.delete_pull("anna", done["id"])
+    assert deleted["status"] == "deleted" and not folder.exists()
+    assert (gateway.storage.project_dir("magi") / "samples").is_dir()  # only that pull went
+    assert gateway.state.usage_since("magi", since) == used  # deleting frees no daily allowance
+    actions = [(r["action"], r.get("outcome")) for r in gateway.audit.records() if r.get("pull") == done["id"]]
+    assert actions[-2:] == [("delete", "requested"), ("delete", "deleted")]
+    with pytest.raises(Conflict, match="no files to delete"):
+        gateway.delete_pull("anna", done["id"])
+    await gateway.aclose()
+
+
+async def test_deleting_refuses_a_link_planted_in_place_of_the_pull(
+    make_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """A server could swap its pull folder for a link to elsewhere: nothing there is removed."""
+    gateway = make_gateway()
+    studies = await search(gateway, modality="CR")
+    done = await pull(gateway, [studies[0]["study_key"]])
+    folder = gateway.storage.project_dir("magi") / done["path"]
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    shutil.rmtree(folder)
+    folder.symlink_to(victim, target_is_directory=True)
+    with pytest.raises(GatewayError):
+        gateway.delete_pull("anna", done["id"])
+    assert (victim / "keep.txt").read_text() == "keep"
     await gateway.aclose()

@@ -315,3 +315,17 @@ def test_from_env_in_a_workbench_server(clean_env: pytest.MonkeyPatch, tmp_path:
     assert (other.project, other.project_dir) == ("kina", tmp_path / "projects" / "kina")
     gateway.close()
     other.close()
+
+
+def test_delete_pull_sends_delete_and_shows_the_refusal(fake: FakeGateway, tmp_path: Path) -> None:
+    fake.routes[("DELETE", "api/pulls/p1")] = answer(
+        {"id": "p1", "project": "magi", "status": "deleted", "path": "samples/p1"})
+    fake.routes[("DELETE", "api/pulls/p2")] = answer(
+        {"error": {"message": "Pull p2 is still running; delete it when it has finished.",
+                   "reason": "conflict"}}, 409)
+    gateway = client(fake, tmp_path)
+    deleted = gateway.delete_pull("p1")
+    assert deleted.status == "deleted" and deleted.path == tmp_path / "samples/p1"
+    with pytest.raises(GatewayRefused, match="still running") as refused:
+        gateway.delete_pull("p2")
+    assert refused.value.reason == "conflict"

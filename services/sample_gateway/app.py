@@ -174,6 +174,9 @@ class PullHandler(_Handler):
     def get(self, pull_id: str) -> None:
         self.send(self.gateway.pull_status(self.username, pull_id))
 
+    def delete(self, pull_id: str) -> None:
+        self.send(self.gateway.delete_pull(self.username, pull_id))
+
 
 def _project_field(body: dict[str, Any]) -> str:
     project = body.get("project") or os.environ.get("WORKBENCH_PROJECT")

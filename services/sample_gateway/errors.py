@@ -49,6 +49,13 @@ class NotFound(GatewayError):
     reason = "not_found"
 
 
+class Conflict(GatewayError):
+    """A request that does not fit the pull's state (deleting one still running)."""
+
+    status = 409
+    reason = "conflict"
+
+
 class WorkspaceUnusable(GatewayError):
     """A project folder the gateway would write through is a symbolic link, not a folder, or
     was changed under it while a pull filled it: nothing is delivered there."""

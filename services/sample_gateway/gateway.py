@@ -27,6 +27,8 @@ import datetime as dt
 import logging
 import os
 import secrets
+import shutil
+import stat
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,14 +44,16 @@ from hub_config.storage import StorageLayout, default_data_dir
 from . import access
 from .audit import AuditLog
 from .deidentify import DeidPolicy
-from .delivery import PullWriter, remove_partials
+from .delivery import PullWriter, open_workspace_folder, remove_partials
 from .errors import (
     ArchiveTimeout,
     ArchiveUnavailable,
     BadRequest,
+    Conflict,
     GatewayError,
     NotAllowed,
     NotFound,
+    WorkspaceUnusable,
     shown,
 )
 from .integration import Archive, build_archive
@@ -407,6 +411,39 @@ class Gateway:
         if pull is None or project is None or username not in project.members:
             raise NotFound(f"There is no pull {shown(pull_id)} in your projects.")
         return self._with_progress(pull.to_json())
+
+    def delete_pull(self, username: str, pull_id: str) -> dict[str, Any]:
+        """Remove a delivered pull's files from the project workspace, audited.
+
+        Any member of the project may (the samples are the project's, and deleting what is no
+        longer needed is data minimisation). The pull keeps its row, marked 'deleted': it
+        still counts toward the day's limits, and the audit shows what was pulled and when
+        it went. The folder is removed through a descriptor of ``samples/`` that refuses
+        links, so nothing outside the workspace can be reached.
+        """
+        pull = self.state.get_pull(pull_id)
+        project = self.config().project(pull.project) if pull else None
+        if pull is None or project is None or username not in project.members:
+            raise NotFound(f"There is no pull {shown(pull_id)} in your projects.")
+        if pull.status == "running":
+            raise Conflict(f"Pull {pull.id} is still running; delete it when it has finished.")
+        if pull.status != "done" or not pull.path:
+            raise Conflict(f"Pull {pull.id} is {pull.status}: it has no files to delete.")
+        self._audit(username, project.id, "delete", pull=pull.id, outcome="requested")
+        project_dir = self.storage.project_dir(project.id)
+        folder, name = Path(pull.path).parent.as_posix(), Path(pull.path).name
+        samples_fd = open_workspace_folder(project_dir, folder, create=False)
+        try:
+            with contextlib.suppress(FileNotFoundError):  # removed by hand already: still done
+                if not stat.S_ISDIR(os.stat(name, dir_fd=samples_fd, follow_symlinks=False).st_mode):
+                    raise WorkspaceUnusable(f"{pull.path} is not a folder the gateway made; ask "
+                                            "the workbench admins.")
+                shutil.rmtree(name, dir_fd=samples_fd)
+        finally:
+            os.close(samples_fd)
+        record = self.state.update_pull(pull.id, status="deleted")
+        self._audit(username, project.id, "delete", pull=pull.id, outcome="deleted")
+        return record.to_json()
 
     def list_pulls(self, username: str, project_id: str) -> list[dict[str, Any]]:
         project = self.config().project(project_id)
