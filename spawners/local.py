@@ -290,14 +290,22 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
 
 
 def find_launched(launch_id: str) -> int:
-    """The pid of the process started with ``WORKBENCH_LAUNCH_ID=launch_id``, else 0."""
-    for process in psutil.process_iter():
+    """The pid of the process started with ``WORKBENCH_LAUNCH_ID=launch_id``, else 0.
+
+    Its kernels and terminals inherit the variable: the server is the one whose parent does
+    not carry it (a kernel left behind by a dead server is not taken for the server).
+    """
+    carriers: dict[int, int] = {}
+    for process in psutil.process_iter(["ppid"]):
         try:
             if process.environ().get(LAUNCH_ENV) == launch_id:
-                return int(process.pid)
+                carriers[process.pid] = process.info["ppid"]
         except psutil.Error:
             continue
-    return 0
+    tops = sorted(pid for pid, parent in carriers.items() if parent not in carriers)
+    if len(tops) != 1:  # none, or several unrelated ones: nothing to adopt with confidence
+        return 0
+    return tops[0]
 
 
 def _usable_server_account(name: str, command: str, data_dir: Path) -> str:

@@ -6,13 +6,17 @@ cosmetic fault: the starter notebooks and the project links vanish from the file
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import subprocess
+import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 
+import psutil
 import pytest
 from jupyterhub import orm
 from jupyterhub.objects import Hub
@@ -84,3 +88,32 @@ def test_server_switches_to_the_server_account_and_starts_in_the_workbench_home(
         assert uid == account.pw_uid
         # Not the account's own (nonexistent) home, not a temp dir: the user's workbench home.
         assert cwd == str(home.resolve())
+
+
+def test_a_lost_server_is_found_by_its_launch_id_not_by_its_kernels() -> None:
+    from spawners.local import LAUNCH_ENV, find_launched
+
+    launch = "test-" + os.urandom(6).hex()
+    env = dict(os.environ, **{LAUNCH_ENV: launch})
+    # A "server" that starts a "kernel" child, both carrying the launch id.
+    server = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                               "time.sleep(60)"], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(psutil.Process(server.pid).children()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert find_launched(launch) == server.pid  # the server, not its kernel
+        assert find_launched("other-" + launch) == 0
+        # Two unrelated processes with the same id: nothing is adopted on a guess.
+        twin = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+        try:
+            assert find_launched(launch) == 0
+        finally:
+            twin.kill()
+            twin.wait(10)
+    finally:
+        for process in [*psutil.Process(server.pid).children(), psutil.Process(server.pid)]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        server.wait(10)
