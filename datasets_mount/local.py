@@ -12,15 +12,20 @@ only the project's volumes, read-only (see the README's "limits of local mode").
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hub_config.model import Dataset, WorkbenchConfig
-from hub_config.storage import StorageLayout
+if TYPE_CHECKING:  # link_targets runs in a light helper process (spawners.home_setup)
+    from hub_config.model import Dataset, WorkbenchConfig
+    from hub_config.storage import StorageLayout
 
-from .catalogue import DatasetStatus
+    from .catalogue import DatasetStatus
+
+log = logging.getLogger(__name__)
 
 
 def link_datasets(
@@ -34,13 +39,31 @@ def link_datasets(
     ``refused`` are the requested datasets the catalogue left out, with the reason: each
     gives one message, saying also when a link an earlier start made was removed.
     """
+    return link_targets(links_dir, dataset_targets(storage, datasets), refusal_reasons(refused))
+
+
+def dataset_targets(storage: StorageLayout, datasets: Iterable[Dataset]) -> dict[str, str]:
+    return {d.id: str(storage.resolve(d.path)) for d in datasets}
+
+
+def refusal_reasons(refused: Iterable[DatasetStatus]) -> dict[str, str]:
+    return {status.dataset.id: status.message for status in refused}
+
+
+def link_targets(
+    links_dir: Path, targets: Mapping[str, str], reasons: Mapping[str, str]
+) -> tuple[list[str], list[str]]:
+    """:func:`link_datasets` on plain data (dataset id -> folder, id -> why it was left out).
+
+    Runs as the account the server runs as (never as root): ``links_dir`` is in a home that
+    account can change, and a link planted there must not make a privileged process remove
+    or create links elsewhere.
+    """
     links_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {d.id: d for d in datasets}
-    reasons = {status.dataset.id: status.message for status in refused}
     removed: set[str] = set()
     problems: list[str] = []
     for entry in sorted(links_dir.iterdir()):
-        if entry.is_symlink() and entry.name not in wanted:
+        if entry.is_symlink() and entry.name not in targets:
             entry.unlink()
             removed.add(entry.name)
             if entry.name not in reasons:
@@ -51,8 +74,8 @@ def link_datasets(
     for dataset_id, reason in reasons.items():
         problems.append(f"{reason} Removed ~/datasets/{dataset_id}." if dataset_id in removed else reason)
     linked = []
-    for dataset_id, dataset in wanted.items():
-        target = storage.resolve(dataset.path)
+    for dataset_id, folder in targets.items():
+        target = Path(folder)
         link = links_dir / dataset_id
         if not target.is_dir():
             problems.append(
@@ -86,12 +109,16 @@ def guard_datasets(storage: StorageLayout, config: WorkbenchConfig, usable: Coll
     data_root = storage.root.resolve()
     for dataset in config.datasets:
         folder = storage.resolve(dataset.path)
-        if folder.is_symlink() or not folder.is_dir() or not folder.resolve().is_relative_to(data_root):
+        if ".." in Path(dataset.path).parts or folder.is_symlink() or not folder.is_dir() \
+                or not folder.resolve().is_relative_to(data_root):
             continue
         mode = stat.S_IMODE(folder.stat().st_mode)
-        if dataset.id in usable:
-            os.chmod(folder, mode | 0o055)
-        else:
-            os.chmod(folder, mode & ~0o077)
+        wanted = mode | 0o055 if dataset.id in usable else mode & ~0o077
+        if dataset.id not in usable:
             closed.append(dataset.id)
+        if wanted != mode:
+            try:
+                os.chmod(folder, wanted)
+            except OSError as error:  # a read-only share: its own permissions stand
+                log.warning("dataset %s: cannot change the mode of %s (%s)", dataset.id, folder, error)
     return closed
