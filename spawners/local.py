@@ -10,13 +10,16 @@ its own container with only its project's volumes. The README states these limit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import pwd
 import secrets
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
@@ -24,11 +27,11 @@ from jupyterhub.utils import random_port
 from traitlets import Int, List, Unicode, default
 
 from datasets_mount.catalogue import usable_anywhere
-from datasets_mount.local import guard_datasets, link_datasets
+from datasets_mount.local import dataset_targets, guard_datasets, refusal_reasons
 from hub_config.model import Profile
-from services.teaching.course import hand_out
 from services.teaching.rules import course_dir as teaching_course_dir
 
+from .errors import spawn_error
 from .workbench import WorkbenchSpawnerMixin, save_state_now
 
 LOCAL_STATE_VERSION = 1
@@ -128,24 +131,6 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
 
         return preexec
 
-    def _give_to_server_user(self, *paths: Path, mode: int | None = None, home: bool = False) -> None:
-        """Make what the server must write its own (a no-op when it runs as the hub's user).
-
-        ``home``: a home made while servers ran as the hub's user is handed over with all it
-        holds, once. Nothing else is recursive: the gateway's ``samples`` folder inside the
-        project workspace must stay the gateway's.
-        """
-        if not self.server_user:
-            return
-        account = pwd.getpwnam(self.server_user)
-        for path in paths:
-            if home and path.stat().st_uid != account.pw_uid:
-                for inner in path.rglob("*"):
-                    os.chown(inner, account.pw_uid, account.pw_gid, follow_symlinks=False)
-            os.chown(path, account.pw_uid, account.pw_gid, follow_symlinks=False)
-            if mode is not None:
-                path.chmod(mode)
-
     def user_env(self, env: dict[str, str]) -> dict[str, str]:
         env["USER"] = self.user.name
         env["HOME"] = self.home_dir
@@ -166,22 +151,22 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         project, session = self.selection.project, self.selection.session
         if session is not None:
             self.emit_progress(10, f"Teaching session {session.id}: {session.title}")
-            self.emit_progress(30, self.prepare_course())
         else:
             self.emit_progress(10, f"Project {project.id}: approval {project.approval.reference} "
                                    f"valid until {project.approval.expires.isoformat()}")
-            self.prepare_workspace()
-            self.emit_progress(30, "Workspace ready: ~/projects/" + project.id)
+            self.prepare_project_dir()
         if self.server_user:  # one account for all servers: close what no project may use
             workbench = self.workbench
             guard_datasets(self.storage, workbench, usable_anywhere(workbench, self.today()))
-        mounted, refused = link_datasets(
-            self.storage, Path(self.home_dir) / "datasets", self.selection.datasets,
-            self.selection.refused_datasets,
-        )
-        if mounted:
-            self.emit_progress(40, "Datasets mounted: " + ", ".join(mounted))
-        for message in refused:
+        self.prepare_home_dir()
+        done = await self.set_up_home()
+        if session is not None:
+            self.emit_progress(30, self._course_message(done))
+        else:
+            self.emit_progress(30, "Workspace ready: ~/projects/" + project.id)
+        if done["datasets"]:
+            self.emit_progress(40, "Datasets mounted: " + ", ".join(done["datasets"]))
+        for message in done["messages"]:
             self.emit_progress(40, message)
         self.emit_progress(50, f"Starting JupyterLab ({self.selection.profile.name})")
         # Port and launch id reach the hub database before the process exists: a hub killed
@@ -243,50 +228,108 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         base_url = self.server.base_url if self.server else "/"
         return f"http://{ip}:{port}{base_url}"
 
-    def prepare_course(self) -> str:
-        """The student's home with the course notebooks (git courses: pulled by the server)."""
+    # The home and the project folder -------------------------------------------------------
+    # Root (the hub) touches only what sits in root-owned folders (the home itself under
+    # homes/, the project folder under projects/), through descriptors that refuse links;
+    # everything inside the home is done by spawners.home_setup as the server's account.
+    def prepare_home_dir(self) -> None:
+        """The home exists and belongs to the server's account (0700)."""
+        home = Path(self.home_dir)
+        home.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            home.mkdir(mode=0o700)
+        if self.server_user:
+            account = pwd.getpwnam(self.server_user)
+            _hand_over(home, account.pw_uid, account.pw_gid, 0o700)
+
+    def prepare_project_dir(self) -> None:
+        """The project's shared workspace (0770, the server's account) with the gateway's
+        ``samples`` inside it (which stays the gateway's)."""
+        assert self.selection is not None
+        project_dir = self.storage.project_dir(self.selection.project.id)
+        project_dir.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            project_dir.mkdir()
+        samples = project_dir / "samples"
+        if not samples.is_symlink():  # a planted link is the gateway's to refuse, loudly
+            with contextlib.suppress(FileExistsError):
+                samples.mkdir()
+        if self.server_user:
+            account = pwd.getpwnam(self.server_user)
+            _hand_over(project_dir, account.pw_uid, account.pw_gid, 0o770, recursive=False)
+
+    def home_setup_plan(self) -> dict[str, Any]:
+        assert self.selection is not None
+        plan: dict[str, Any] = {
+            "home": self.home_dir,
+            "datasets": {
+                "targets": dataset_targets(self.storage, self.selection.datasets),
+                "reasons": refusal_reasons(self.selection.refused_datasets),
+            },
+        }
+        session = self.selection.session
+        if session is None:
+            project_id = self.selection.project.id
+            plan["project"] = {"id": project_id, "dir": str(self.storage.project_dir(project_id))}
+            plan["examples"] = str(self.starter_notebooks_dir)
+        elif session.notebooks is not None and session.notebooks.git is None:
+            plan["course"] = {"source": str(Path(self.course_notebooks_root) / session.notebooks.folder),
+                              "folder": teaching_course_dir(session)}
+        return plan
+
+    async def set_up_home(self) -> dict[str, Any]:
+        """Run spawners.home_setup as the server's account; a failure stops the spawn with a
+        message (the detail goes to the hub's log)."""
+        command = [str(Path(self.cmd[0]).with_name("python")), "-m", "spawners.home_setup"]
+        switch_user = set_user_setuid(self.server_user, chdir=False) if self.server_user else None
+        plan = json.dumps(self.home_setup_plan())
+        try:
+            done = await asyncio.to_thread(
+                subprocess.run, command, input=plan, capture_output=True, text=True, timeout=120,
+                preexec_fn=switch_user, cwd=self.home_dir, env=_home_setup_env(), check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise spawn_error("Preparing your workbench home took over two minutes; try again, "
+                              "or ask the workbench admins.", reason="home_setup_failed") from None
+        if done.returncode != 0:
+            self.log.error("home set-up for %s failed (%s): %s", self._log_name, done.returncode,
+                           done.stderr[-2000:])
+            raise spawn_error("Your workbench home could not be prepared (details in the hub's "
+                              "log); ask the workbench admins.", reason="home_setup_failed")
+        return json.loads(done.stdout)
+
+    def _course_message(self, done: dict[str, Any]) -> str:
         assert self.selection is not None and self.selection.session is not None
         session = self.selection.session
-        home = Path(self.home_dir)
-        home.mkdir(parents=True, exist_ok=True)
-        self._give_to_server_user(home, mode=0o700, home=True)
-        notebooks = session.notebooks
-        if notebooks is None:
+        if session.notebooks is None:
             return "Home ready"
-        if notebooks.git is not None:
-            return f"Course notebooks: pulled from {notebooks.git.repo} when JupyterLab opens"
-        course = home / teaching_course_dir(session)
-        copied = hand_out(Path(self.course_notebooks_root) / notebooks.folder, course)
-        self._give_to_server_user(course, *course.rglob("*"))
-        return (f"Course notebooks handed out: {len(copied)} new file(s) in ~/{teaching_course_dir(session)}"
-                if copied else f"Course notebooks already in ~/{teaching_course_dir(session)}")
+        if session.notebooks.git is not None:
+            return f"Course notebooks: pulled from {session.notebooks.git.repo} when JupyterLab opens"
+        copied = done["course_copied"] or []
+        folder = teaching_course_dir(session)
+        return (f"Course notebooks handed out: {len(copied)} new file(s) in ~/{folder}"
+                if copied else f"Course notebooks already in ~/{folder}")
 
-    def prepare_workspace(self) -> None:
-        """Home, the project's shared workspace linked into it, and the starter notebooks."""
-        assert self.selection is not None
-        home = Path(self.home_dir)
-        home.mkdir(parents=True, exist_ok=True)
-        project_dir = self.storage.project_dir(self.selection.project.id)
-        # samples/ stays the gateway's (servers read it through the project's group).
-        (project_dir / "samples").mkdir(parents=True, exist_ok=True)
-        links = home / "projects"
-        links.mkdir(exist_ok=True)
-        link = links / self.selection.project.id
-        if not link.is_symlink() and not link.exists():
-            link.symlink_to(project_dir, target_is_directory=True)
-        examples = Path(self.starter_notebooks_dir)
-        copied = []
-        if examples.is_dir():
-            target = home / "examples"
-            target.mkdir(exist_ok=True)
-            copied.append(target)
-            for notebook in sorted(examples.glob("*.ipynb")):
-                if not (target / notebook.name).exists():
-                    shutil.copy2(notebook, target / notebook.name)
-                    copied.append(target / notebook.name)
-        self._give_to_server_user(home, mode=0o700, home=True)
-        self._give_to_server_user(project_dir, mode=0o770)
-        self._give_to_server_user(links, link, *copied)
+
+def _hand_over(folder: Path, uid: int, gid: int, mode: int, *, recursive: bool = True) -> None:
+    """Give ``folder`` (never a link) to ``uid``; a folder made while servers ran as the hub's
+    user is handed over with what it holds, walking by descriptors without following links."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if recursive and os.fstat(fd).st_uid != uid:
+            for _, dirs, files, dir_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+                for name in dirs + files:
+                    os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _home_setup_env() -> dict[str, str]:
+    """The helper's environment: enough to import the project, nothing of the hub's secrets."""
+    keep = ("PATH", "LANG", "LC_ALL", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if k in keep}
 
 
 def find_launched(launch_id: str) -> int:

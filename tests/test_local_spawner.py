@@ -117,3 +117,46 @@ def test_a_lost_server_is_found_by_its_launch_id_not_by_its_kernels() -> None:
             with contextlib.suppress(psutil.Error):
                 process.kill()
         server.wait(10)
+
+
+@pytest.mark.parametrize("planted", ["examples", "datasets", "projects"])
+async def test_links_planted_in_a_home_do_not_make_the_hub_write_elsewhere(planted: str) -> None:
+    """A server's code can put links in its (or, sharing the account, anyone's) home. The
+    hub prepares the home through spawners.home_setup as the server's account, so a link to a
+    root-owned folder leads nowhere: nothing there is created, removed or handed over."""
+    if os.geteuid() != 0:
+        pytest.skip("the attack needs a root hub")
+    try:
+        pwd.getpwnam("workbench")
+    except KeyError:
+        pytest.skip("no 'workbench' account here (scripts/setup creates it)")
+    with tempfile.TemporaryDirectory(prefix="wb-local-") as where:
+        base = Path(where)
+        base.chmod(0o711)
+        victim = base / "system"
+        victim.mkdir(mode=0o755)
+        (victim / "shadow").write_text("root:x\n")
+        (victim / "bin").symlink_to("usr/bin")
+        before = sorted((p.name, p.lstat().st_uid) for p in victim.iterdir())
+        spawner = make(base, server_user="workbench")
+        (base / "data").mkdir(mode=0o711)
+        from spawners.local import _usable_server_account
+
+        if not _usable_server_account("workbench", spawner.cmd[0], base / "data"):
+            pytest.skip("the 'workbench' account cannot run this environment's Python (scripts/setup "
+                        "builds .venv from /usr/bin/python3 for that)")
+        spawner.prepare_home_dir()
+        home = Path(spawner.home_dir)
+        (home / planted).symlink_to(victim, target_is_directory=True)
+        examples = base / "examples"
+        examples.mkdir(mode=0o755)
+        (examples / "01-start.ipynb").write_text("{}")
+        spawner.home_setup_plan = lambda: {  # type: ignore[method-assign]
+            "home": str(home), "examples": str(examples),
+            "project": {"id": "magi", "dir": str(base / "data" / "projects" / "magi")},
+            "datasets": {"targets": {}, "reasons": {}},
+        }
+        with contextlib.suppress(Exception):  # refusing the spawn is fine; writing there is not
+            await spawner.set_up_home()
+        assert sorted((p.name, p.lstat().st_uid) for p in victim.iterdir()) == before
+        assert victim.stat().st_uid == 0
