@@ -340,17 +340,17 @@ async def test_a_member_deletes_a_delivered_pull_audited_and_still_counted(make_
     used = gateway.state.usage_since("magi", since)
 
     with pytest.raises(NotFound):  # not a member of magi: as if it did not exist
-        gateway.delete_pull("bo", done["id"])
+        await gateway.delete_pull("bo", done["id"])
     assert folder.is_dir()
 
-    deleted = gateway.delete_pull("anna", done["id"])
+    deleted = await gateway.delete_pull("anna", done["id"])
     assert deleted["status"] == "deleted" and not folder.exists()
     assert (gateway.storage.project_dir("magi") / "samples").is_dir()  # only that pull went
     assert gateway.state.usage_since("magi", since) == used  # deleting frees no daily allowance
     actions = [(r["action"], r.get("outcome")) for r in gateway.audit.records() if r.get("pull") == done["id"]]
     assert actions[-2:] == [("delete", "requested"), ("delete", "deleted")]
     with pytest.raises(Conflict, match="no files to delete"):
-        gateway.delete_pull("anna", done["id"])
+        await gateway.delete_pull("anna", done["id"])
     await gateway.aclose()
 
 
@@ -368,6 +368,9 @@ async def test_deleting_refuses_a_link_planted_in_place_of_the_pull(
     shutil.rmtree(folder)
     folder.symlink_to(victim, target_is_directory=True)
     with pytest.raises(GatewayError):
-        gateway.delete_pull("anna", done["id"])
+        await gateway.delete_pull("anna", done["id"])
     assert (victim / "keep.txt").read_text() == "keep"
+    records = [r for r in gateway.audit.records() if r.get("pull") == done["id"]]
+    assert [r.get("outcome") for r in records[-2:]] == ["requested", "failed"]
+    assert gateway.state.get_pull(done["id"]).status == "done"
     await gateway.aclose()

@@ -174,8 +174,8 @@ class PullHandler(_Handler):
     def get(self, pull_id: str) -> None:
         self.send(self.gateway.pull_status(self.username, pull_id))
 
-    def delete(self, pull_id: str) -> None:
-        self.send(self.gateway.delete_pull(self.username, pull_id))
+    async def delete(self, pull_id: str) -> None:
+        self.send(await self.gateway.delete_pull(self.username, pull_id))
 
 
 def _project_field(body: dict[str, Any]) -> str:

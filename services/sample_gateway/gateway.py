@@ -92,6 +92,7 @@ class Gateway:
     today: Callable[[], dt.date] = dt.date.today
     workers: Workers = field(default_factory=Workers)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _deleting: set[str] = field(default_factory=set)  # pulls whose folder is being removed
     _progress: dict[str, _Progress] = field(default_factory=dict)
     _previews: Previews | None = None
 
@@ -412,7 +413,7 @@ class Gateway:
             raise NotFound(f"There is no pull {shown(pull_id)} in your projects.")
         return self._with_progress(pull.to_json())
 
-    def delete_pull(self, username: str, pull_id: str) -> dict[str, Any]:
+    async def delete_pull(self, username: str, pull_id: str) -> dict[str, Any]:
         """Remove a delivered pull's files from the project workspace, audited.
 
         Any member of the project may (the samples are the project's, and deleting what is no
@@ -429,18 +430,21 @@ class Gateway:
             raise Conflict(f"Pull {pull.id} is still running; delete it when it has finished.")
         if pull.status != "done" or not pull.path:
             raise Conflict(f"Pull {pull.id} is {pull.status}: it has no files to delete.")
+        if pull.id in self._deleting:
+            raise Conflict(f"Pull {pull.id} is being deleted already.")
         self._audit(username, project.id, "delete", pull=pull.id, outcome="requested")
-        project_dir = self.storage.project_dir(project.id)
-        folder, name = Path(pull.path).parent.as_posix(), Path(pull.path).name
-        samples_fd = open_workspace_folder(project_dir, folder, create=False)
+        self._deleting.add(pull.id)
         try:
-            with contextlib.suppress(FileNotFoundError):  # removed by hand already: still done
-                if not stat.S_ISDIR(os.stat(name, dir_fd=samples_fd, follow_symlinks=False).st_mode):
-                    raise WorkspaceUnusable(f"{pull.path} is not a folder the gateway made; ask "
-                                            "the workbench admins.")
-                shutil.rmtree(name, dir_fd=samples_fd)
+            # A member can fill the folder with anything: remove it off the event loop.
+            await asyncio.to_thread(_remove_pull_folder, self.storage.project_dir(project.id), pull.path)
+        except Exception as error:
+            message, reason = _public(error)
+            log.warning("deleting pull %s failed: %s", pull.id, describe_error(error))
+            self._audit(username, project.id, "delete", pull=pull.id, outcome="failed", reason=reason)
+            raise error if isinstance(error, GatewayError) else WorkspaceUnusable(
+                f"Pull {pull.id} could not be deleted ({message}); ask the workbench admins.") from None
         finally:
-            os.close(samples_fd)
+            self._deleting.discard(pull.id)
         record = self.state.update_pull(pull.id, status="deleted")
         self._audit(username, project.id, "delete", pull=pull.id, outcome="deleted")
         return record.to_json()
@@ -494,6 +498,21 @@ class Gateway:
         # or shortened chain from the log, which the region ships elsewhere.
         log.info("audit anchor %s:%s (%s by %s in %s: %s)", record["seq"], record["hash"], action,
                  actor, project, details.get("outcome"))
+
+
+def _remove_pull_folder(project_dir: Path, relative: str) -> None:
+    """Remove ``project_dir/relative`` (``samples/<pull>``) through a descriptor of its parent
+    that refuses links; the folder itself must be a folder, not a link."""
+    folder, name = Path(relative).parent.as_posix(), Path(relative).name
+    parent_fd = open_workspace_folder(project_dir, folder, create=False)
+    try:
+        with contextlib.suppress(FileNotFoundError):  # removed by hand already: still done
+            if not stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+                raise WorkspaceUnusable(f"{relative} is not a folder the gateway made; ask the "
+                                        "workbench admins.")
+            shutil.rmtree(name, dir_fd=parent_fd)
+    finally:
+        os.close(parent_fd)
 
 
 async def _settle(pending: set[asyncio.Future[Any]]) -> None:
