@@ -16,7 +16,7 @@ from pydicom.filewriter import dcmwrite
 
 from services.sample_gateway.deidentify import DeidError, DeidPolicy, deidentify
 from services.sample_gateway.delivery import PullWriter, encode_instance
-from services.sample_gateway.encoding import _plain_encoding, part10_bytes
+from services.sample_gateway.encoding import plain_encoding, part10_bytes
 from services.sample_gateway.pipeline import (
     Delivered,
     Refused,
@@ -158,7 +158,7 @@ def test_part10_bytes_are_the_bytes_dcmwrite_writes_on_the_corpus() -> None:
                 continue
             assert part10_bytes(out) == expected, path.name
             compared += 1
-            fast += as_read > 0 and _plain_encoding(out.file_meta.TransferSyntaxUID) is not None
+            fast += as_read > 0 and plain_encoding(out.file_meta.TransferSyntaxUID) is not None
     assert compared > 150 and fast > 75  # the direct way was taken, on many files
 
 

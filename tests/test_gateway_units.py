@@ -213,7 +213,7 @@ def test_a_failing_write_can_be_aborted(tmp_path: Path, ct: Dataset) -> None:
     writer = PullWriter(tmp_path, "pull-3")
     broken = instance(ct, "2.25.7", "2.25.71", "1")
     del broken.SOPInstanceUID
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValueError, match="without valid UIDs"):
         writer.write(broken)
     writer.abort()
     assert list(samples.iterdir()) == []

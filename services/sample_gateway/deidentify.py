@@ -90,12 +90,14 @@ __all__ = [
     "DeidReport",
     "DeidResult",
     "DOCUMENTED_UIDS",
+    "ElementRules",
     "IdentifyingScreen",
     "SAFE_TEXT_KEYWORDS",
     "UnsupportedObject",
     "burned_in_risk",
     "clean_descriptor",
     "deidentify",
+    "deidentify_with_rules",
     "fold",
     "identifying_terms",
     "is_instance_uid_keyword",
@@ -838,6 +840,7 @@ class _Deidentifier:
             self.report.warnings.append(
                 f"no PatientID: the pseudonym and date offset are keyed on {source_of_key}"
             )
+        self.keyed_on = source_of_key
         self.patient_pseudonym = keys.patient_pseudonym(patient_key, issuer)
         # Keyed on the pseudonym: whatever shares a pseudonym shares the date offset.
         self.offset = keys.date_offset_days(self.patient_pseudonym)
@@ -884,27 +887,33 @@ class _Deidentifier:
     def dataset(self, source: Dataset, encodings: list[str], depth: int) -> Dataset:
         out = Dataset()
         for tag in sorted(source.keys()):
-            if self._removed_by_tag(tag):
-                continue
-            raw = source.get_item(tag)
-            if self._kept_as_read(raw):
-                out[tag] = raw  # rule 6: binary numbers are kept; the bytes as read
-                continue
-            try:
-                elem = self._convert(source, tag, encodings)
-            except Exception:  # noqa: BLE001 - a value pydicom cannot parse: fail closed
-                self.report.count("unreadable_removed", _name(tag))
-                continue
-            if elem is None:
-                continue
-            new = self.element(elem, source, encodings, depth)
-            if new is None:
-                continue
-            if self._unchanged_as_read(new, elem, raw):
-                out[tag] = raw  # what the rules kept, exactly as read: no need to encode it
-            else:
-                out.add(new)
+            kept = self.output(source, tag, encodings, depth, self._convert)
+            if kept is not None:
+                out[tag] = kept
         return out
+
+    def output(self, source: Dataset, tag: BaseTag, encodings: list[str], depth: int,
+               convert: _Converter) -> RawDataElement | DataElement | None:
+        """What becomes of one element of `source`: removed (None), kept as read (the raw
+        element itself) or a new element."""
+        if self._removed_by_tag(tag):
+            return None
+        raw = source.get_item(tag)
+        if self._kept_as_read(raw):
+            return raw  # rule 6: binary numbers are kept; the bytes as read
+        try:
+            elem = convert(source, tag, encodings)
+        except Exception:  # noqa: BLE001 - a value pydicom cannot parse: fail closed
+            self.report.count("unreadable_removed", _name(tag))
+            return None
+        if elem is None:
+            return None
+        new = self.element(elem, source, encodings, depth)
+        if new is None:
+            return None
+        if self._unchanged_as_read(new, elem, raw):
+            return raw  # what the rules kept, exactly as read: no need to encode it
+        return new
 
     def _removed_by_tag(self, tag: BaseTag) -> bool:
         """Rules 1 to 3, which need no value: group lengths, command and file meta
@@ -1309,6 +1318,33 @@ def _file_meta(source: Dataset, out: Dataset, keys: ProjectKeys) -> tuple[bool, 
     return encoding
 
 
+class ElementRules:
+    """The rules of one finished de-identification, for one more top-level element.
+
+    What :func:`deidentify` does to a top-level element depends on the element and on the
+    record around it (names, IDs and dates to screen for, the date offset, the pseudonym,
+    the character set, the transfer syntax), and for a few attributes on their siblings
+    (a code value's coding scheme, PatientID's issuer). :mod:`.series_memo` applies these
+    rules to an element of another object whose every element the record depends on is
+    byte for byte the same, and only to elements that depend on nothing else; the result
+    is then what :func:`deidentify` would make of that element in that object.
+    """
+
+    def __init__(self, helper: _Deidentifier) -> None:
+        self._helper = helper
+        self._encodings = helper.charset.encodings
+        self._implicit, self._little = helper.encoding
+        #: What the pseudonym is keyed on: "PatientID", else "PatientName", "StudyInstanceUID"
+        #: or "SOPInstanceUID" (see :meth:`_Deidentifier._patient_identity`).
+        self.keyed_on = helper.keyed_on
+
+    def apply(self, raw: RawDataElement) -> RawDataElement | DataElement | None:
+        """Removed (None), kept as read (`raw` itself) or a new element."""
+        alone = Dataset({raw.tag: raw})
+        alone.set_original_encoding(self._implicit, self._little, self._encodings)
+        return self._helper.output(alone, raw.tag, self._encodings, 0, _convert)
+
+
 def deidentify(ds: Dataset, keys: ProjectKeys, policy: DeidPolicy | None = None) -> DeidResult:
     """Return a new, de-identified copy of `ds` and a report of what was done.
 
@@ -1317,6 +1353,13 @@ def deidentify(ds: Dataset, keys: ProjectKeys, policy: DeidPolicy | None = None)
     :class:`UnsupportedObject` for a DICOMDIR.  The input is not
     modified.
     """
+    return deidentify_with_rules(ds, keys, policy)[0]
+
+
+def deidentify_with_rules(
+    ds: Dataset, keys: ProjectKeys, policy: DeidPolicy | None = None
+) -> tuple[DeidResult, ElementRules]:
+    """:func:`deidentify`, and its rules for more top-level elements (:class:`ElementRules`)."""
     policy = policy or DeidPolicy()
     meta = getattr(ds, "file_meta", None)
     sop_class = str((meta.get("MediaStorageSOPClassUID") if meta is not None else None)
@@ -1360,4 +1403,4 @@ def deidentify(ds: Dataset, keys: ProjectKeys, policy: DeidPolicy | None = None)
     implicit, little = _file_meta(ds, out, keys)
     out.set_original_encoding(implicit, little, _charset.convert_encodings(
         out.get("SpecificCharacterSet") or _charset.default_encoding))
-    return DeidResult(dataset=out, report=report)
+    return DeidResult(dataset=out, report=report), ElementRules(helper)

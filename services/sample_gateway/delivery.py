@@ -280,31 +280,53 @@ def write_instance(target: PartialFolder, ds: Dataset) -> ManifestRow:
 def encode_instance(ds: Dataset) -> tuple[bytes, ManifestRow]:
     """One de-identified instance as a Part 10 file and its manifest row, the file named
     <study key>/<series UID>/<SOP UID>.dcm. Raises on an object that cannot be encoded."""
-    parts = [str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)]
+    file = instance_file_name(ds)
+    data = part10_bytes(ds)
+    values = {keyword: ds.get(keyword) for keyword in ROW_KEYWORDS if keyword in ds}
+    return data, manifest_row(file, data, values, str(ds.file_meta.TransferSyntaxUID))
+
+
+#: The attributes a manifest row is made of (besides the file itself).
+ROW_KEYWORDS = (
+    "PatientID", "StudyInstanceUID", "StudyDate", "StudyDescription", "SeriesInstanceUID",
+    "SeriesDescription", "SeriesNumber", "Modality", "SOPInstanceUID", "SOPClassUID",
+    "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
+)
+
+
+def instance_file_name(values: Any) -> str:
+    """<study key>/<series UID>/<SOP UID>.dcm of a de-identified instance (a dataset or a
+    mapping of keywords to values); raises when one of them is not a valid UID."""
+    parts = [str(values.get("StudyInstanceUID")), str(values.get("SeriesInstanceUID")),
+             str(values.get("SOPInstanceUID"))]
     if not all(_UID.fullmatch(part) for part in parts):  # they become file names
         raise ValueError("a de-identified object without valid UIDs")
-    data = part10_bytes(ds)
-    row = ManifestRow(
-        file=f"{parts[0]}/{parts[1]}/{parts[2]}.dcm",
+    return f"{parts[0]}/{parts[1]}/{parts[2]}.dcm"
+
+
+def manifest_row(file: str, data: bytes, values: dict[str, Any], transfer_syntax: str) -> ManifestRow:
+    """The manifest row of a de-identified instance written as `data`, from the values of
+    its :data:`ROW_KEYWORDS` (those it has)."""
+    return ManifestRow(
+        file=file,
         sha256=hashlib.sha256(data).hexdigest(),
         bytes=len(data),
-        patient=str(ds.get("PatientID", "")),
-        study_key=str(ds.StudyInstanceUID),
-        study_date=str(ds.get("StudyDate", "")),
-        study_description=str(ds.get("StudyDescription", "")),
-        series_uid=str(ds.SeriesInstanceUID),
-        series_description=str(ds.get("SeriesDescription", "")),
-        series_number=str(ds.get("SeriesNumber", "")),
-        modality=str(ds.get("Modality", "")),
-        sop_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.get("SOPClassUID", "")),
-        instance_number=str(ds.get("InstanceNumber", "")),
-        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
-        rows=_whole_number(ds, "Rows", 0),
-        columns=_whole_number(ds, "Columns", 0),
-        frames=_whole_number(ds, "NumberOfFrames", 1),
+        patient=str(values.get("PatientID", "")),
+        study_key=str(values["StudyInstanceUID"]),
+        study_date=str(values.get("StudyDate", "")),
+        study_description=str(values.get("StudyDescription", "")),
+        series_uid=str(values["SeriesInstanceUID"]),
+        series_description=str(values.get("SeriesDescription", "")),
+        series_number=str(values.get("SeriesNumber", "")),
+        modality=str(values.get("Modality", "")),
+        sop_uid=str(values["SOPInstanceUID"]),
+        sop_class_uid=str(values.get("SOPClassUID", "")),
+        instance_number=str(values.get("InstanceNumber", "")),
+        transfer_syntax=transfer_syntax,
+        rows=_whole_number(values, "Rows", 0),
+        columns=_whole_number(values, "Columns", 0),
+        frames=_whole_number(values, "NumberOfFrames", 1),
     )
-    return data, row
 
 
 def store_instance(target: PartialFolder, relative: str, data: bytes) -> None:
@@ -437,9 +459,9 @@ def _empty(fd: int) -> None:
                 os.unlink(entry.name, dir_fd=fd)
 
 
-def _whole_number(ds: Dataset, keyword: str, default: int) -> int:
+def _whole_number(values: dict[str, Any], keyword: str, default: int) -> int:
     try:
-        return int(ds.get(keyword, default) or default)
+        return int(values.get(keyword, default) or default)
     except (TypeError, ValueError, OverflowError):
         raise UnreadableAttribute(keyword) from None
 

@@ -302,7 +302,7 @@ class Gateway:
                         self._check_running_pull(pull, limits, progress, since)
                         pending.add(asyncio.ensure_future(self.workers.run(
                             process, part.body, part.content_type, study_uid, keys, policy,
-                            writer.target,
+                            writer.target, pull.id,
                         )))
                         if len(pending) >= window:
                             finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)

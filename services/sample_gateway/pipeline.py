@@ -40,7 +40,7 @@ from pydicom import Dataset
 from pydicom.datadict import keyword_for_tag
 from pydicom.tag import Tag
 
-from .deidentify import DeidError, DeidPolicy, deidentify
+from .deidentify import DeidError, DeidPolicy, deidentify_with_rules
 from .delivery import (
     DuplicateObject,
     ManifestRow,
@@ -53,6 +53,7 @@ from .instances import dataset_from_part
 from .logsafety import configure_logging
 from .multipart import Part
 from .pseudonyms import ProjectKeys
+from .series_memo import OTHER_STUDY, Fast, SeriesMemo, memo_for_this_thread
 
 log = logging.getLogger("sample_gateway")
 
@@ -71,19 +72,46 @@ class Refused:
 
 
 def process(body: bytes, content_type: str, study_uid: str, keys: ProjectKeys,
-            policy: DeidPolicy, target: PartialFolder) -> Delivered | Refused:
-    """Parse, check, de-identify and write one object (in a worker thread or process)."""
+            policy: DeidPolicy, target: PartialFolder, pull: str = "") -> Delivered | Refused:
+    """Parse, check, de-identify and write one object (in a worker thread or process);
+    `pull`: what the worker learns from this object serves only that pull's next objects."""
+    outcome = deidentified(body, content_type, study_uid, keys, policy, scope=pull)
+    if isinstance(outcome, Refused):
+        return outcome
+    try:
+        store_instance(target, outcome.row.file, outcome.data)
+    except DuplicateObject:
+        return Refused("The archive sent the same image twice; it was delivered once.",
+                       "duplicate_object")
+    return Delivered(outcome.row, outcome.warnings)
+
+
+_OTHER_STUDY = Refused("The archive sent an object from another study; it was not delivered.",
+                       "unexpected_object")
+
+
+def deidentified(body: bytes, content_type: str, study_uid: str, keys: ProjectKeys,
+                 policy: DeidPolicy, memo: SeriesMemo | None = None, scope: str = "") -> Fast | Refused:
+    """One object de-identified and encoded: through the worker's :class:`.SeriesMemo` when
+    an object of the same series taught it how, else parsed, checked, de-identified and
+    encoded in full (and the memo learns from it)."""
+    memo = memo if memo is not None else memo_for_this_thread()
+    fast = memo.deidentify(body, study_uid, keys, policy, scope)
+    if fast == OTHER_STUDY:
+        return _OTHER_STUDY
+    if isinstance(fast, Fast):
+        return fast
     ds: Dataset | None = None
     stage = "read"
     try:
         ds = dataset_from_part(Part({"content-type": content_type}, body))
-        if str(ds.get("StudyInstanceUID", "")).strip() != study_uid:
-            return Refused("The archive sent an object from another study; it was not delivered.",
-                           "unexpected_object")
+        read_study = str(ds.get("StudyInstanceUID", "")).strip()
+        if read_study != study_uid:
+            return _OTHER_STUDY
         drop_private(ds)
         stage = "de-identified"
         try:
-            result = deidentify(ds, keys, policy)
+            result, rules = deidentify_with_rules(ds, keys, policy)
         except DeidError as refusal:
             return Refused(refusal.message, refusal.reason)
         stage, ds = "written", result.dataset
@@ -93,11 +121,10 @@ def process(body: bytes, content_type: str, study_uid: str, keys: ProjectKeys,
     except Exception as error:  # noqa: BLE001 - whatever breaks on this object refuses it alone
         return unreadable(stage, ds, error)
     try:
-        store_instance(target, row.file, data)
-    except DuplicateObject:
-        return Refused("The archive sent the same image twice; it was delivered once.",
-                       "duplicate_object")
-    return Delivered(row, tuple(result.report.warnings))
+        memo.learn(body, read_study, keys, policy, result, rules, data, scope)
+    except Exception:  # noqa: BLE001 - learning is an optimisation; never fail an object for it
+        log.debug("the series memo could not learn from an object", exc_info=False)
+    return Fast(data, row, tuple(result.report.warnings))
 
 
 def unreadable(stage: str, ds: Dataset | None, error: BaseException) -> Refused:
@@ -205,4 +232,5 @@ def _ready() -> int:
     return os.getpid()
 
 
-__all__ = ["Delivered", "Refused", "Workers", "culprit", "drop_private", "process", "unreadable"]
+__all__ = ["Delivered", "Refused", "Workers", "culprit", "deidentified", "drop_private", "process",
+           "unreadable"]

@@ -1,0 +1,259 @@
+"""The series memo (services/sample_gateway/series_memo.py): objects de-identified through what
+an earlier object of the same series taught come out byte for byte as the ordinary way makes
+them, and anything the memo cannot vouch for goes the ordinary way."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.uid import generate_uid
+
+from demo.archive import DemoArchive
+from services.sample_gateway.deidentify import DeidPolicy
+from services.sample_gateway.pipeline import Refused, deidentified
+from services.sample_gateway.pseudonyms import ProjectKeys
+from services.sample_gateway.series_memo import (
+    CONTEXT_TAGS,
+    Fast,
+    SeriesMemo,
+    independent,
+    split_part10,
+)
+
+KEYS = ProjectKeys(b"m" * 32, "memo")
+POLICY = DeidPolicy(allow_burned_in_annotation=True)
+
+
+def ordinary(body: bytes, study_uid: str, policy: DeidPolicy = POLICY) -> Fast | Refused:
+    """The ordinary way: a fresh memo has learnt nothing."""
+    return deidentified(body, "application/dicom", study_uid, KEYS, policy, SeriesMemo())
+
+
+def same(a: Fast | Refused, b: Fast | Refused) -> bool:
+    if isinstance(a, Refused) or isinstance(b, Refused):
+        return a == b
+    return a.data == b.data and a.row == b.row and a.warnings == b.warnings
+
+
+def study_of(body: bytes) -> str:
+    return str(pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True).get("StudyInstanceUID", "")).strip()
+
+
+def encoded(ds: pydicom.Dataset) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def series(demo_archive: DemoArchive) -> dict[str, list[bytes]]:
+    return {uid: [(demo_archive.root / e.path).read_bytes() for e in entries]
+            for uid, entries in demo_archive.series().items()}
+
+
+def test_every_demo_series_comes_out_as_the_ordinary_way_makes_it(series: dict[str, list[bytes]]) -> None:
+    memo = SeriesMemo()
+    compared = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for bodies in series.values():
+            for body in bodies:
+                study = study_of(body)
+                mine = deidentified(body, "application/dicom", study, KEYS, POLICY, memo)
+                assert same(mine, ordinary(body, study))
+                compared += 1
+    assert compared == 85
+    # one ordinary object per series at most, and the second of a series may compare
+    # element by element: the rest went the fast way
+    assert memo.hits >= compared - 2 * len(series)
+
+
+def test_a_changed_element_of_any_kind_gives_what_the_ordinary_way_gives(demo_archive: DemoArchive) -> None:
+    """Teach the memo two slices of the CT series, then hand it a third slice changed one
+    element at a time: names and IDs of the record in kept text, numbers, dates, UIDs,
+    removed and added elements. Each must come out exactly as the ordinary way makes it."""
+    paths = [demo_archive.root / e.path for e in demo_archive.benchmark_series()]
+    first, second, third = (p.read_bytes() for p in paths[:3])
+    study = study_of(first)
+    base = pydicom.dcmread(io.BytesIO(third))
+    family = str(base.PatientName).split("^")[0]
+    patient_id = str(base.PatientID)
+    variants: list[tuple[str, bytes]] = [("unchanged", third)]
+
+    def variant(name: str, change) -> None:
+        ds = pydicom.dcmread(io.BytesIO(third))
+        change(ds)
+        variants.append((name, encoded(ds)))
+
+    variant("kernel names the patient", lambda ds: setattr(ds, "ConvolutionKernel", family))
+    variant("kernel holds the patient ID", lambda ds: setattr(ds, "ConvolutionKernel", patient_id[:16]))
+    variant("comments name the patient", lambda ds: setattr(ds, "ImageComments", f"seen by {family}"))
+    birth = str(base.get("PatientBirthDate") or "") or "0304801234"
+    variant("instance number is the birth date", lambda ds: setattr(ds, "InstanceNumber", birth))
+    variant("instance number is CPR-like", lambda ds: setattr(ds, "InstanceNumber", "0304801234"))
+    variant("slice location", lambda ds: setattr(ds, "SliceLocation", "-123.5"))
+    variant("another instance UID", lambda ds: setattr(ds, "SOPInstanceUID", generate_uid()))
+    variant("another patient", lambda ds: setattr(ds, "PatientID", "OTHER-0001"))
+    variant("another name", lambda ds: setattr(ds, "PatientName", "Other^Person"))
+    variant("another study date", lambda ds: setattr(ds, "StudyDate", "20010203"))
+    variant("a content date", lambda ds: setattr(ds, "ContentDate", "20200101"))
+    variant("another series", lambda ds: setattr(ds, "SeriesInstanceUID", generate_uid()))
+    variant("burned-in annotation", lambda ds: setattr(ds, "BurnedInAnnotation", "YES"))
+    variant("a private name", lambda ds: ds.private_block(0x0029, "MEMO", create=True).add_new(0x01, "PN", family))
+    variant("a private number", lambda ds: ds.private_block(0x0029, "MEMO", create=True).add_new(0x02, "DS", "1.5"))
+    variant("a code value", lambda ds: setattr(ds, "CodeValue", patient_id[:16]))
+    variant("no rows", lambda ds: delattr(ds, "Rows"))
+    variant("no instance UID", lambda ds: delattr(ds, "SOPInstanceUID"))
+    variant("pixels", lambda ds: setattr(ds, "PixelData", bytes(len(ds.PixelData))))
+    for keyword in ("WindowCenter", "ImagePositionPatient", "AcquisitionTime", "KVP"):
+        if keyword in base:
+            variant(f"no {keyword}", lambda ds, k=keyword: delattr(ds, k))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, body in variants:
+            memo = SeriesMemo()
+            for taught in (first, second):
+                deidentified(taught, "application/dicom", study, KEYS, POLICY, memo)
+            mine = deidentified(body, "application/dicom", study, KEYS, POLICY, memo)
+            theirs = ordinary(body, study)
+            assert same(mine, theirs), name
+        # and the fast way was taken where it could be
+        memo = SeriesMemo()
+        for body in (first, second, third, *(b for n, b in variants if n in ("slice location", "pixels"))):
+            deidentified(body, "application/dicom", study, KEYS, POLICY, memo)
+        assert memo.hits == 4
+
+
+def _corpus() -> list[Path]:
+    root = Path(pydicom.data.__file__).parent
+    files = sorted(p for p in (root / "test_files").rglob("*") if p.is_file() and p.suffix != ".py")
+    return files + sorted(Path(p) for p in pydicom.data.get_charset_files())
+
+
+def test_the_offline_corpus_as_series_of_three(tmp_path: Path) -> None:
+    """Every file of pydicom's corpus that the ordinary way de-identifies, as a series of three
+    (itself, then two copies with another instance UID and number): the memo's output is the
+    ordinary way's, character sets, implicit VR, compressed syntaxes and sequences included."""
+    compared = fast = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in _corpus():
+            try:
+                body = path.read_bytes()
+                ds = pydicom.dcmread(io.BytesIO(body))
+                if "SOPInstanceUID" not in ds or "PixelData" not in ds:
+                    continue
+                copies = []
+                for number in (2, 3):
+                    ds.SOPInstanceUID = generate_uid()
+                    ds.InstanceNumber = number
+                    copies.append(encoded(ds))
+            except Exception:  # noqa: BLE001, S112 - not a file pydicom can read and write back
+                continue
+            study = str(ds.get("StudyInstanceUID", "")).strip()
+            memo = SeriesMemo()
+            for body_ in (body, *copies):
+                mine = deidentified(body_, "application/dicom", study, KEYS, POLICY, memo)
+                assert same(mine, ordinary(body_, study)), path.name
+                compared += 1
+            fast += memo.hits
+    assert compared > 150
+    assert fast > 60  # the fast way served many of them
+
+
+def test_what_one_pull_learnt_serves_only_that_pull(series: dict[str, list[bytes]]) -> None:
+    bodies = next(b for b in series.values() if len(b) == 50)
+    study = study_of(bodies[0])
+    memo = SeriesMemo()
+    for body in bodies[:3]:
+        deidentified(body, "application/dicom", study, KEYS, POLICY, memo, scope="pull-1")
+    assert memo.hits == 2
+    deidentified(bodies[3], "application/dicom", study, KEYS, POLICY, memo, scope="pull-2")
+    assert memo.hits == 2  # learnt again for pull-2
+    other_keys = ProjectKeys(b"o" * 32, "memo")
+    theirs = deidentified(bodies[4], "application/dicom", study, other_keys, POLICY, memo, scope="pull-1")
+    assert memo.hits == 2  # another key: another project's rules
+    assert same(theirs, deidentified(bodies[4], "application/dicom", study, other_keys, POLICY, SeriesMemo()))
+
+
+def test_an_object_of_another_study_is_refused_the_fast_way_too(series: dict[str, list[bytes]]) -> None:
+    bodies = next(b for b in series.values() if len(b) == 50)
+    study = study_of(bodies[0])
+    memo = SeriesMemo()
+    for body in bodies[:3]:
+        deidentified(body, "application/dicom", study, KEYS, POLICY, memo)
+    refused = deidentified(bodies[3], "application/dicom", "1.2.3.4", KEYS, POLICY, memo)
+    assert isinstance(refused, Refused) and refused.reason == "unexpected_object"
+    assert refused == ordinary(bodies[3], "1.2.3.4")
+
+
+def test_a_policy_that_refuses_is_never_bypassed(series: dict[str, list[bytes]]) -> None:
+    """Learnt under a policy that allows burned-in annotation; the same objects under one
+    that does not are refused (ultrasound without the flag), not served from the memo."""
+    us = next(b for b in series.values() if b"US" in pydicom.dcmread(io.BytesIO(b[0])).get("Modality", "").encode()
+              and len(b) >= 1)
+    study = study_of(us[0])
+    memo = SeriesMemo()
+    for body in us * 3:
+        deidentified(body, "application/dicom", study, KEYS, POLICY, memo)
+    strict = DeidPolicy()
+    refused = deidentified(us[0], "application/dicom", study, KEYS, strict, memo)
+    assert isinstance(refused, Refused) and refused.reason == "burned_in_annotation"
+
+
+def test_split_refuses_what_it_does_not_fully_understand(series: dict[str, list[bytes]]) -> None:
+    body = next(b for b in series.values() if len(b) == 50)[0]
+    split = split_part10(body)
+    assert split is not None and split.elements[-1].end == len(body)
+    assert split_part10(body[:-1]) is None  # pixel data running past the end
+    assert split_part10(body[:100]) is None
+    assert split_part10(b"\0" * 128 + b"DICN" + body[132:]) is None
+    swapped = bytearray(body)
+    first = split.elements[0]
+    second = split.elements[1]
+    swapped[first.start:second.end] = body[second.start:second.end] + body[first.start:first.end]
+    assert split_part10(bytes(swapped)) is None  # tags out of order
+    big_endian = pydicom.data.get_testdata_file("MR_small_bigendian.dcm")
+    assert split_part10(Path(big_endian).read_bytes()) is None
+    deflated = pydicom.data.get_testdata_file("image_dfl.dcm")
+    assert split_part10(Path(deflated).read_bytes()) is None
+
+
+@pytest.mark.parametrize(("keyword", "vr", "expected"), [
+    ("SliceLocation", "DS", True),
+    ("SOPInstanceUID", "UI", True),
+    ("PixelData", "OW", True),
+    ("ConvolutionKernel", "SH", True),
+    ("SliceLocation", "LO", False),  # not the dictionary's VR
+    ("PatientName", "PN", False),
+    ("ReferringPhysicianName", "PN", False),
+    ("ContentDate", "DA", False),
+    ("ReferencedImageSequence", "SQ", False),
+    ("InstitutionName", "LO", False),
+    ("CodeValue", "SH", False),
+    ("SpecificCharacterSet", "CS", False),
+    ("PatientAge", "AS", False),
+    ("SliceLocation", None, True),  # implicit VR: the dictionary's
+    ("PixelData", None, True),
+    ("LargestImagePixelValue", None, False),  # US or SS: depends on another element
+    ("LargestImagePixelValue", "SS", True),  # ... unless read explicitly
+    ("LargestImagePixelValue", "OW", False),
+])
+def test_independent_elements(keyword: str, vr: str | None, expected: bool) -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    assert independent(int(tag_for_keyword(keyword)), vr) is expected
+
+
+def test_private_elements_are_independent_only_when_their_vr_says_they_hold_no_name() -> None:
+    assert independent(0x00291001, "LO") is True
+    assert independent(0x00291001, "PN") is False
+    assert independent(0x00291001, "UN") is False
+    assert independent(0x00291001, None) is False  # implicit VR: its VR comes from its creator
+    assert 0x00100010 in CONTEXT_TAGS and 0x00080050 in CONTEXT_TAGS
