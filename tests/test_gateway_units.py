@@ -6,6 +6,7 @@ import copy
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 
+from services.sample_gateway import delivery
 from services.sample_gateway.delivery import (
     MANIFEST_FIELDS,
     PullWriter,
@@ -217,6 +219,65 @@ def test_a_failing_write_can_be_aborted(tmp_path: Path, ct: Dataset) -> None:
         writer.write(broken)
     writer.abort()
     assert list(samples.iterdir()) == []
+
+
+def test_commit_puts_everything_on_disk_with_one_filesystem_sync(tmp_path: Path, ct: Dataset,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(delivery, "sync_filesystem", lambda fd: synced.append(fd) or True)
+    monkeypatch.setattr(delivery.os, "fsync", lambda fd: pytest.fail("fsync per file"))
+    writer = PullWriter(tmp_path, "pull-s")
+    writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    partial_fd = writer._partial_fd
+    monkeypatch.setattr(delivery.os, "fsync", lambda fd: synced.append(-fd))
+    writer.commit(HEADER)
+    assert synced[0] == partial_fd  # the filesystem, before the rename; then the samples folder
+    assert len(synced) == 2 and synced[1] < 0
+
+
+def test_commit_syncs_each_file_where_there_is_no_syncfs(tmp_path: Path, ct: Dataset,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery, "sync_filesystem", lambda fd: False)
+    synced: list[int] = []
+    real = delivery.os.fsync
+    monkeypatch.setattr(delivery.os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    writer = PullWriter(tmp_path, "pull-f")
+    writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    writer.write(instance(ct, "2.25.7", "2.25.72", "2"))
+    writer.commit(HEADER)
+    # two images, two manifests, the study and series folders, the pull, the samples folder
+    assert len(synced) == 2 + 2 + 2 + 1 + 1
+
+
+def test_syncfs_errors_fail_the_commit(tmp_path: Path, ct: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    class Failing:
+        def __call__(self, fd: int) -> int:
+            delivery.ctypes.set_errno(errno.EIO)
+            return -1
+
+    monkeypatch.setattr(delivery, "_syncfs", Failing())
+    writer = PullWriter(tmp_path, "pull-e")
+    writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    with pytest.raises(OSError) as failed:
+        writer.commit(HEADER)
+    assert failed.value.errno == errno.EIO
+    assert not (tmp_path / "samples" / "pull-e").exists()  # never made visible
+    writer.abort()
+    assert list((tmp_path / "samples").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another group needs root")
+def test_delivered_files_and_folders_belong_to_the_project_group(tmp_path: Path, ct: Dataset) -> None:
+    group = 65534  # nogroup: not root's
+    os.chown(tmp_path, -1, group)
+    writer = PullWriter(tmp_path, "pull-g")
+    writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    final = writer.commit(HEADER)
+    paths = [final, *final.rglob("*")]
+    assert len(paths) == 1 + 2 + 1 + 2  # the pull, study and series folders, the image, 2 manifests
+    assert {p.stat().st_gid for p in paths} == {group}
 
 
 def test_remove_partials(tmp_path: Path) -> None:

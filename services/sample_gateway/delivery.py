@@ -28,6 +28,7 @@ The project folder itself (``<data>/projects/<id>``) is made by the admins' tool
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import csv
 import errno
 import hashlib
@@ -38,6 +39,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -112,6 +114,7 @@ class PartialFolder:
     names: tuple[str, ...]
     device: int
     inode: int
+    group: int = -1  # the project's group: what is written here is handed to it (-1: left as is)
 
     @contextmanager
     def opened(self) -> Iterator[int]:
@@ -157,7 +160,8 @@ class PullWriter:
             self._close()
             raise
         self._identity = (st.st_dev, st.st_ino)
-        self.target = PartialFolder(str(project_dir), (folder, self.partial_name), *self._identity)
+        self.target = PartialFolder(str(project_dir), (folder, self.partial_name), *self._identity,
+                                    group=self._group)
 
     def write(self, ds: Dataset) -> ManifestRow:
         """Write one de-identified instance under <study key>/<series UID>/<SOP UID>.dcm."""
@@ -181,17 +185,20 @@ class PullWriter:
         writer.writerows(asdict(r) for r in rows)
         names = (self.folder, self.partial_name)
         _write_new(partial_fd, "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode(),
-                   self.project_dir, names)
-        _write_new(partial_fd, "manifest.csv", table.getvalue().encode(), self.project_dir, names)
+                   self.project_dir, names, self._group)
+        _write_new(partial_fd, "manifest.csv", table.getvalue().encode(), self.project_dir, names,
+                   self._group)
         # Everything on disk before the rename makes the pull visible. The instances were
-        # written without waiting for the disk; their syncs run side by side here, which on a
-        # busy disk costs about one sync instead of one per file.
-        files = [tuple(r.file.split("/")) for r in rows] + [("manifest.json",), ("manifest.csv",)]
-        folders = {path[:depth] for path in files for depth in range(1, len(path))}
-        with ThreadPoolExecutor(_SYNC_THREADS) as pool:
-            list(pool.map(lambda path: self._sync(path, folder=False), files))
-            list(pool.map(lambda path: self._sync(path, folder=True), sorted(folders)))
-        os.fsync(partial_fd)
+        # written without waiting for the disk: one syncfs(2) of the workspace's filesystem
+        # puts them all there at once (a 51-file pull: ~3 ms, against 11-24 ms for an fsync
+        # of each file side by side); where there is no syncfs, each file is synced.
+        if not sync_filesystem(partial_fd):
+            files = [tuple(r.file.split("/")) for r in rows] + [("manifest.json",), ("manifest.csv",)]
+            folders = {path[:depth] for path in files for depth in range(1, len(path))}
+            with ThreadPoolExecutor(_SYNC_THREADS) as pool:
+                list(pool.map(lambda path: self._sync(path, folder=False), files))
+                list(pool.map(lambda path: self._sync(path, folder=True), sorted(folders)))
+            os.fsync(partial_fd)
         try:
             os.rename(self.partial_name, self.name, src_dir_fd=samples_fd, dst_dir_fd=samples_fd)
         except OSError as error:
@@ -332,20 +339,74 @@ def manifest_row(file: str, data: bytes, values: dict[str, Any], transfer_syntax
 def store_instance(target: PartialFolder, relative: str, data: bytes) -> None:
     """Write ``data`` as ``relative`` in the pull's partial folder (runs in worker threads
     and processes; synced by commit). Raises :class:`DuplicateObject` when that file was
-    written already, :class:`WorkspaceUnusable` when something else is in the way."""
+    written already, :class:`WorkspaceUnusable` when something else is in the way.
+
+    The folders are opened (never through a link, the pull's own folder checked to be the
+    one the gateway made) the first time a worker writes there; their descriptors serve the
+    pull's next objects (:class:`_OpenFolders`), so a file costs an open, a write and a close
+    rather than a walk from the project folder down."""
     path = tuple(relative.split("/"))
-    with target.opened() as root:
-        opened: list[int] = []
-        try:
-            fd = root
-            for depth, name in enumerate(path[:-1], start=1):
-                fd = _open_folder(fd, name, Path(target.project_dir), target.names + path[:depth],
-                                  create_mode=DIR_MODE)
-                opened.append(fd)
-            _write_new(fd, path[-1], data, Path(target.project_dir), target.names + path[:-1])
-        finally:
-            for fd in opened:
-                os.close(fd)
+    folder = _open_folders().folder(target, path[:-1])
+    _write_new(folder, path[-1], data, Path(target.project_dir), target.names + path[:-1], target.group)
+
+
+class _OpenFolders:
+    """One worker's descriptors of the folders of the pulls it writes into (at most
+    :attr:`PULLS` pulls, :attr:`FOLDERS` folders each; the oldest are closed)."""
+
+    PULLS = 2
+    FOLDERS = 64
+
+    def __init__(self) -> None:
+        self._pulls: dict[PartialFolder, dict[tuple[str, ...], int]] = {}
+
+    def folder(self, target: PartialFolder, names: tuple[str, ...]) -> int:
+        folders = self._pulls.get(target)
+        if folders is None or len(folders) > self.FOLDERS:
+            self._forget(target)
+            while len(self._pulls) >= self.PULLS:
+                self._forget(next(iter(self._pulls)))
+            with target.opened() as root:
+                folders = self._pulls[target] = {(): os.dup(root)}
+        fd = folders.get(names)
+        if fd is None:
+            parent = self.folder(target, names[:-1])
+            fd = folders[names] = _open_folder(parent, names[-1], Path(target.project_dir),
+                                               target.names + names, create_mode=DIR_MODE,
+                                               group=target.group)
+        return fd
+
+    def _forget(self, target: PartialFolder) -> None:
+        for fd in self._pulls.pop(target, {}).values():
+            os.close(fd)
+
+
+_workers_folders = threading.local()
+
+
+def _open_folders() -> _OpenFolders:
+    folders = getattr(_workers_folders, "folders", None)
+    if folders is None:
+        folders = _workers_folders.folders = _OpenFolders()
+    return folders
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
+
+
+def sync_filesystem(fd: int) -> bool:
+    """syncfs(2) on the filesystem holding `fd`: every file written there is on disk when it
+    returns True (Linux reports writeback errors since the descriptor was opened as OSError).
+    False where there is no syncfs (the caller syncs each file instead)."""
+    if _syncfs is None:
+        return False
+    if _syncfs(fd) != 0:
+        error = ctypes.get_errno()
+        if error in (errno.ENOSYS, errno.EINVAL):
+            return False
+        raise OSError(error, os.strerror(error))
+    return True
 
 
 def _share_with_group(fd: int, group: int) -> None:
@@ -389,7 +450,7 @@ def _open_below(project_dir: Path, names: tuple[str, ...]) -> int:
 
 
 def _open_folder(parent_fd: int, name: str, project_dir: Path, names: tuple[str, ...],
-                 create_mode: int | None = None) -> int:
+                 create_mode: int | None = None, group: int = -1) -> int:
     """``name`` in ``parent_fd`` as a folder descriptor, never through a link; made with
     ``create_mode`` (exactly, whatever the umask) when given and missing."""
     created = False
@@ -407,10 +468,13 @@ def _open_folder(parent_fd: int, name: str, project_dir: Path, names: tuple[str,
         raise
     if created:
         os.fchmod(fd, create_mode)  # type: ignore[arg-type]
+        if group >= 0:
+            _share_with_group(fd, group)
     return fd
 
 
-def _write_new(dir_fd: int, name: str, data: bytes, project_dir: Path, names: tuple[str, ...]) -> None:
+def _write_new(dir_fd: int, name: str, data: bytes, project_dir: Path, names: tuple[str, ...],
+               group: int = -1) -> None:
     try:
         fd = os.open(name, _NEW_FILE_FLAGS, FILE_MODE, dir_fd=dir_fd)
     except FileExistsError:
@@ -419,6 +483,8 @@ def _write_new(dir_fd: int, name: str, data: bytes, project_dir: Path, names: tu
         raise _unusable(project_dir, (*names, name), _what_is(dir_fd, name)) from None
     try:
         os.fchmod(fd, FILE_MODE)
+        if group >= 0:
+            _share_with_group(fd, group)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
