@@ -294,7 +294,10 @@ class Gateway:
             keys = self.keys_for(project.id)
             policy = self.policy_for(project)
             writer = PullWriter(self.storage.project_dir(project.id), pull.id)
-            for _study_key, study_uid, series_uid, _count in plan:
+            # Smaller series first: the first object of a series costs a full
+            # de-identification (the next ones reuse it, see series_memo), and a
+            # one-object series left for last would be that cost with nothing beside it.
+            for _study_key, study_uid, series_uid, _count in sorted(plan, key=lambda step: step[3]):
                 async with contextlib.aclosing(self.archive.retrieve_series(study_uid, series_uid)) as parts:
                     async for part in parts:
                         progress.received += 1
