@@ -256,3 +256,29 @@ def test_private_elements_are_independent_only_when_their_vr_says_they_hold_no_n
     assert independent(0x00291001, "UN") is False
     assert independent(0x00291001, None) is False  # implicit VR: its VR comes from its creator
     assert 0x00100010 in CONTEXT_TAGS and 0x00080050 in CONTEXT_TAGS
+
+
+def test_big_objects_are_not_kept(series: dict[str, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.sample_gateway.series_memo as series_memo
+
+    bodies = next(b for b in series.values() if len(b) == 50)
+    study = study_of(bodies[0])
+    monkeypatch.setattr(series_memo, "MAX_LEARNT_BYTES", len(bodies[0]) - 1)
+    memo = SeriesMemo()
+    for body in bodies[:4]:
+        mine = deidentified(body, "application/dicom", study, KEYS, POLICY, memo)
+        assert same(mine, ordinary(body, study))
+    assert memo.hits == 0 and memo.misses == 4
+
+
+def test_only_the_last_signatures_are_kept(series: dict[str, list[bytes]]) -> None:
+    """Each series is a signature; a memo for two keeps the last two."""
+    memo = SeriesMemo(max_signatures=2)
+    ct, rle = sorted((b for b in series.values() if len(b) >= 2), key=len, reverse=True)[:2]
+    single = next(b for b in series.values() if len(b) == 1)
+    for body in (ct[0], rle[0], single[0]):
+        deidentified(body, "application/dicom", study_of(body), KEYS, POLICY, memo)
+    deidentified(rle[1], "application/dicom", study_of(rle[1]), KEYS, POLICY, memo)
+    assert memo.hits == 1  # still known
+    deidentified(ct[1], "application/dicom", study_of(ct[1]), KEYS, POLICY, memo)
+    assert memo.hits == 1  # forgotten: the oldest of three

@@ -34,9 +34,11 @@ on the demo archive, the offline corpus and objects changed one element at a tim
    bytes or put through the rules once, merged with the context output in tag order, after
    a new file meta group (its SOP Instance UID is the only meta value that differs).
 
-What is kept: per worker (thread or process), a few signatures' rules and outputs and up to
-:data:`MAX_ELEMENTS` short elements each, keyed on the project's key and policy; nothing
-is logged and nothing outlives the process.
+What is kept: per worker (thread or process), the rules and first objects of the last
+:data:`MAX_SIGNATURES` signatures (objects of at most :data:`MAX_LEARNT_BYTES`) and up to
+:data:`MAX_ELEMENTS` short elements each, keyed on the pull, the project's key and policy:
+what one pull taught never serves another. What a first object teaches is worked out when
+a second one of its signature arrives. Nothing is logged.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ from .pseudonyms import ProjectKeys
 __all__ = [
     "CONTEXT_TAGS",
     "MAX_ELEMENTS",
+    "MAX_LEARNT_BYTES",
+    "MAX_SIGNATURES",
     "OTHER_STUDY",
     "Fast",
     "SeriesMemo",
@@ -124,9 +128,12 @@ CONTEXT_TAGS = frozenset(
 
 #: Independent elements up to this size are remembered by their bytes (per signature).
 MAX_REMEMBERED_BYTES = 1024
-#: At most this many remembered elements per signature, and this many signatures.
+#: At most this many remembered elements per signature, and this many signatures, each
+#: learnt from an object of at most MAX_LEARNT_BYTES (kept for comparison): a worker's memo
+#: holds at most MAX_SIGNATURES * MAX_LEARNT_BYTES of objects.
 MAX_ELEMENTS = 8192
-MAX_SIGNATURES = 16
+MAX_SIGNATURES = 8
+MAX_LEARNT_BYTES = 8 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------
@@ -344,8 +351,9 @@ class SeriesMemo:
     """Rules and outputs learnt per signature (see the module docstring); one per worker."""
 
     def __init__(self, max_signatures: int = MAX_SIGNATURES) -> None:
-        self._learnt: OrderedDict[tuple[Any, ...], _Learnt | None] = OrderedDict()
+        self._learnt: OrderedDict[tuple[Any, ...], _Learnt | _Pending | None] = OrderedDict()
         self._max = max_signatures
+        self._missed: tuple[bytes, Split, tuple[Any, ...]] | None = None  # for learn()
         self.hits = self.misses = 0
 
     # -- the fast way ------------------------------------------------------
@@ -358,8 +366,9 @@ class SeriesMemo:
         that way made)."""
         owner = _owner(keys, policy, scope)
         try:
+            self._missed = None
             for key, learnt in reversed(self._learnt.items()):  # the latest first
-                if learnt is not None and learnt.layout is not None and key[:2] == owner:
+                if isinstance(learnt, _Learnt) and learnt.layout is not None and key[:2] == owner:
                     fast = self._by_layout(body, learnt)
                     if fast is not None:
                         self._learnt.move_to_end(key)
@@ -369,7 +378,10 @@ class SeriesMemo:
                 return None
             key = (*owner, *self._signature(split))
             learnt = self._learnt.get(key)
+            if isinstance(learnt, _Pending):  # a second object of this signature: learn now
+                learnt = self._learnt[key] = learnt.learnt()
             if learnt is None:
+                self._missed = (body, split, key)
                 self.misses += 1
                 return None
             self._learnt.move_to_end(key)
@@ -485,16 +497,39 @@ class SeriesMemo:
     def learn(self, body: bytes, study_uid: str, keys: ProjectKeys, policy: Any,
               result: DeidResult, rules: ElementRules, data: bytes, scope: str = "") -> None:
         """Learn from an object the ordinary way de-identified (`result`) and encoded (`data`),
-        if its pieces add up to `data` exactly; `study_uid`: its StudyInstanceUID as read."""
-        split = split_part10(body)
-        if split is None:
-            return
-        key = (*_owner(keys, policy, scope), *self._signature(split))
+        if its pieces add up to `data` exactly; `study_uid`: its StudyInstanceUID as read.
+
+        What it teaches is worked out when a second object of its signature arrives (a series
+        of one object, a cine loop say, costs nothing more)."""
+        missed, self._missed = self._missed, None
+        if len(body) > MAX_LEARNT_BYTES:
+            return  # a big object is seldom one of many alike; it would stay in memory
+        if missed is not None and missed[0] is body:
+            split, key = missed[1], missed[2]  # split by deidentify() a moment ago
+        else:
+            split = split_part10(body)
+            if split is None:
+                return
+            key = (*_owner(keys, policy, scope), *self._signature(split))
         if key in self._learnt:
             return
-        self._learnt[key] = _learnt_from(split, study_uid, result, rules, data)
+        self._learnt[key] = _Pending(split, study_uid, result, rules, data)
         while len(self._learnt) > self._max:
             self._learnt.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An object the ordinary way made, kept until a second object of its signature comes."""
+
+    split: Split
+    study_uid: str
+    result: DeidResult
+    rules: ElementRules
+    data: bytes
+
+    def learnt(self) -> _Learnt | None:
+        return _learnt_from(self.split, self.study_uid, self.result, self.rules, self.data)
 
 
 def _owner(keys: ProjectKeys, policy: Any, scope: str) -> tuple[Any, ...]:
