@@ -59,7 +59,6 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import AMBIGUOUS_VR
 
-from . import annex_e
 from .deidentify import (
     _CODE_KEYWORDS,
     _DEID_SUPPLEMENT,
@@ -186,11 +185,12 @@ def split_part10(data: bytes) -> Split | None:
     if encoding is None:
         return None
     implicit = encoding[0]
+    if pos + 6 <= end and _looks_implicit(data, pos) != implicit:
+        return None  # pydicom would read it with the other VR encoding (and warn)
     elements = []
     previous = -1
-    read = _implicit if implicit else _explicit
     while pos < end:
-        element = read(data, pos, end)
+        element = _read(data, pos, end, implicit, 0)
         if element is None or element.tag <= previous or element.tag >> 16 == 0xFFFE:
             return None
         elements.append(element)
@@ -198,7 +198,20 @@ def split_part10(data: bytes) -> Split | None:
     return Split(data, syntax, implicit, uid.is_compressed, tuple(elements))
 
 
-def _explicit(data: bytes, pos: int, end: int) -> Element | None:
+def _looks_implicit(data: bytes, pos: int) -> bool:
+    """pydicom's test of a dataset's first element: implicit VR unless its bytes 4-5 are
+    two capital letters."""
+    return not (0x40 < data[pos + 4] < 0x5B and 0x40 < data[pos + 5] < 0x5B)
+
+
+_MAX_DEPTH = 16
+
+
+def _read(data: bytes, pos: int, end: int, implicit: bool, depth: int) -> Element | None:
+    return _implicit(data, pos, end, depth) if implicit else _explicit(data, pos, end, depth)
+
+
+def _explicit(data: bytes, pos: int, end: int, depth: int = 0) -> Element | None:
     if pos + 8 > end:
         return None
     group, number, vr, length = _EXPLICIT_SHORT.unpack_from(data, pos)
@@ -212,34 +225,50 @@ def _explicit(data: bytes, pos: int, end: int) -> Element | None:
         value_start = pos + 12
     else:
         return None
-    return _element(data, tag, vr.decode(), length, pos, value_start, end, implicit=False)
+    return _element(data, tag, vr.decode(), length, pos, value_start, end, False, depth)
 
 
-def _implicit(data: bytes, pos: int, end: int) -> Element | None:
+def _implicit(data: bytes, pos: int, end: int, depth: int = 0) -> Element | None:
     if pos + 8 > end:
         return None
     group, number, length = _IMPLICIT.unpack_from(data, pos)
-    return _element(data, group << 16 | number, None, length, pos, pos + 8, end, implicit=True)
+    return _element(data, group << 16 | number, None, length, pos, pos + 8, end, True, depth)
 
 
 def _element(data: bytes, tag: int, vr: str | None, length: int, start: int, value_start: int,
-             end: int, *, implicit: bool) -> Element | None:
+             end: int, implicit: bool, depth: int) -> Element | None:
     if length != UNDEFINED:
         value_end = value_start + length
         if value_end > end:
             return None
         return Element(tag, vr, length, start, value_start, value_end, value_end)
-    after = _after_items(data, value_start, end, implicit)
+    if depth >= _MAX_DEPTH:
+        return None
+    sequence = _is_sequence(data, tag, vr, value_start, end)
+    after = _after_items(data, value_start, end, implicit, depth + 1, sequence=sequence)
     if after is None:
         return None
     return Element(tag, vr, length, start, value_start, after - 8, after)
 
 
-def _after_items(data: bytes, pos: int, end: int, implicit: bool, depth: int = 0) -> int | None:
-    """Where the items of an undefined length value (a sequence, encapsulated pixel data)
-    end: just after their Sequence Delimitation Item."""
-    if depth > 32:
-        return None
+def _is_sequence(data: bytes, tag: int, vr: str | None, value_start: int, end: int) -> bool:
+    """Whether pydicom reads an undefined length value as a sequence (else as encapsulated
+    fragments): an SQ, a UN (PS3.5 6.2.2), or in implicit VR an SQ of the dictionary, or an
+    attribute it does not know whose value starts with an item."""
+    if vr is not None:
+        return vr in ("SQ", "UN")
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return value_start + 4 <= end and data[value_start:value_start + 4] == b"\xfe\xff\x00\xe0"
+
+
+def _after_items(data: bytes, pos: int, end: int, implicit: bool, depth: int, *,
+                 sequence: bool) -> int | None:
+    """Where the items of an undefined length value end: just after their Sequence
+    Delimitation Item. A sequence's items are read element by element (each must end exactly
+    where its item does); encapsulated fragments only by their lengths, which must be defined
+    (else pydicom falls back to scanning for the delimiter, and so does nothing here)."""
     while pos + 8 <= end:
         group, number, length = _IMPLICIT.unpack_from(data, pos)
         tag = group << 16 | number
@@ -249,23 +278,39 @@ def _after_items(data: bytes, pos: int, end: int, implicit: bool, depth: int = 0
         if tag != _ITEM:
             return None
         if length == UNDEFINED:
-            found = _after_item_elements(data, pos, end, implicit, depth + 1)
+            if not sequence:
+                return None
+            found = _after_item_elements(data, pos, end, implicit, depth)
             if found is None:
                 return None
             pos = found
         else:
-            pos += length
+            item_end = pos + length
+            if item_end > end:
+                return None
+            if sequence and _elements_end(data, pos, item_end, implicit, depth) != item_end:
+                return None
+            pos = item_end
     return None
+
+
+def _elements_end(data: bytes, pos: int, end: int, implicit: bool, depth: int) -> int | None:
+    """The end of the last of the elements from `pos`, read up to `end`."""
+    while pos < end:
+        element = _read(data, pos, end, implicit, depth)
+        if element is None:
+            return None
+        pos = element.end
+    return pos
 
 
 def _after_item_elements(data: bytes, pos: int, end: int, implicit: bool, depth: int) -> int | None:
     """Where an item of undefined length ends: just after its Item Delimitation Item."""
-    read = _implicit if implicit else _explicit
     while pos + 8 <= end:
         group, number, length = _IMPLICIT.unpack_from(data, pos)
         if group << 16 | number == _ITEM_END:
             return pos + 8 if length == 0 else None
-        element = read(data, pos, end) if depth <= 32 else None
+        element = _read(data, pos, end, implicit, depth)
         if element is None:
             return None
         pos = element.end
@@ -286,9 +331,11 @@ def independent(tag: int, vr: str | None) -> bool:
     if group in (0x0000, 0x0002) or group >= 0xFFFC:
         return False
     if group & 1:  # private: removed unread, unless it may be a name (or says nothing)
+        if 0x0010 <= number <= 0x00FF:
+            return False  # a private creator: it decides the VR of a UN element of its block
         return vr is not None and vr not in ("PN", "UN")
-    if number == 0 or annex_e.is_repeating_group(BaseTag(tag)):
-        return True  # group lengths, curves and overlays: removed by their tag
+    if number == 0:
+        return vr in (None, "UL")  # a group length (removed), read as one
     try:
         expected = dictionary_VR(tag)
     except KeyError:
@@ -391,12 +438,12 @@ class SeriesMemo:
             return None
 
     def _answer(self, fast: Fast | None, learnt: _Learnt, study_uid: str) -> Fast | str | None:
+        if fast is None:  # the ordinary way decides, refusals included
+            self.misses += 1
+            return None
         if learnt.study_uid != study_uid:
             return OTHER_STUDY
-        if fast is None:
-            self.misses += 1
-        else:
-            self.hits += 1
+        self.hits += 1
         return fast
 
     @staticmethod
