@@ -354,6 +354,53 @@ async def test_a_member_deletes_a_delivered_pull_audited_and_still_counted(make_
     await gateway.aclose()
 
 
+async def test_deleting_leaves_a_folder_moved_into_the_pulls_place_alone(
+    make_gateway: Callable[..., Gateway]
+) -> None:
+    """A member moves another delivered pull to the name of the one being deleted: the
+    gateway removes only the folder it delivered under that name, never a stand-in."""
+    gateway = make_gateway()
+    studies = await search(gateway, modality="CR")
+    first = await pull(gateway, [studies[0]["study_key"]])
+    second = await pull(gateway, [studies[0]["study_key"]])
+    samples = gateway.storage.project_dir("magi") / "samples"
+    shutil.rmtree(samples / first["id"])  # gone by hand: its name is free ...
+    (samples / second["id"]).rename(samples / first["id"])  # ... and another pull is put there
+    with pytest.raises(GatewayError, match="not the folder the gateway delivered"):
+        await gateway.delete_pull("anna", first["id"])
+    kept = samples / first["id"]
+    assert (kept / "manifest.json").is_file() and any(kept.rglob("*.dcm"))
+    records = [r for r in gateway.audit.records() if r.get("pull") == first["id"]]
+    assert [r.get("outcome") for r in records[-2:]] == ["requested", "failed"]
+    assert gateway.state.get_pull(first["id"]).status == "done"
+    # put back where it belongs, the second pull deletes as usual
+    kept.rename(samples / second["id"])
+    deleted = await gateway.delete_pull("anna", second["id"])
+    assert deleted["status"] == "deleted" and not (samples / second["id"]).exists()
+    await gateway.aclose()
+
+
+def test_an_older_state_database_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    from services.sample_gateway.state import GatewayState
+
+    database = tmp_path / "gateway.sqlite"
+    with sqlite3.connect(database) as connection:  # the pulls table as it was before
+        connection.execute(
+            "CREATE TABLE pulls (id VARCHAR(64) PRIMARY KEY, project VARCHAR(64), username VARCHAR(64), "
+            "status VARCHAR(16), created DATETIME, finished DATETIME, studies INTEGER, "
+            "instances_total INTEGER, instances_done INTEGER, instances_refused INTEGER, "
+            "bytes_received INTEGER, error TEXT, error_reason VARCHAR(64), path TEXT)")
+        connection.execute("INSERT INTO pulls VALUES ('p-old', 'magi', 'anna', 'done', "
+                           "'2026-12-01 10:00:00', NULL, 1, 1, 1, 0, 10, NULL, NULL, 'samples/p-old')")
+    state = GatewayState.at(tmp_path)
+    old = state.get_pull("p-old")
+    assert old is not None and old.path == "samples/p-old" and old.folder_identity is None
+    state.update_pull("p-old", folder_identity="1:2")
+    assert GatewayState.at(tmp_path).get_pull("p-old").folder_identity == "1:2"
+
+
 async def test_deleting_refuses_a_link_planted_in_place_of_the_pull(
     make_gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:

@@ -163,6 +163,11 @@ class PullWriter:
         self.target = PartialFolder(str(project_dir), (folder, self.partial_name), *self._identity,
                                     group=self._group)
 
+    @property
+    def identity(self) -> str:
+        """``<device>:<inode>`` of this pull's folder, before and after the rename."""
+        return f"{self._identity[0]}:{self._identity[1]}"
+
     def write(self, ds: Dataset) -> ManifestRow:
         """Write one de-identified instance under <study key>/<series UID>/<SOP UID>.dcm."""
         return self.add(write_instance(self.target, ds))

@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import logging
 import os
 import secrets
 import shutil
-import stat
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -369,7 +369,7 @@ class Gateway:
         relative = path.relative_to(self.storage.project_dir(project.id))
         self.state.update_pull(pull.id, status="done", finished=now(), instances_done=progress.done,
                                bytes_received=progress.bytes, instances_refused=progress.refused,
-                               path=str(relative))
+                               path=str(relative), folder_identity=writer.identity)
         self._progress.pop(pull.id, None)
         if refusals:
             log.info("pull %s delivered %d images and refused %d (the reasons are in its manifest)",
@@ -439,7 +439,8 @@ class Gateway:
         self._deleting.add(pull.id)
         try:
             # A member can fill the folder with anything: remove it off the event loop.
-            await asyncio.to_thread(_remove_pull_folder, self.storage.project_dir(project.id), pull.path)
+            await asyncio.to_thread(_remove_pull_folder, self.storage.project_dir(project.id), pull.path,
+                                    pull.folder_identity)
         except Exception as error:
             message, reason = _public(error)
             log.warning("deleting pull %s failed: %s", pull.id, describe_error(error))
@@ -503,17 +504,40 @@ class Gateway:
                  actor, project, details.get("outcome"))
 
 
-def _remove_pull_folder(project_dir: Path, relative: str) -> None:
+def _remove_pull_folder(project_dir: Path, relative: str, identity: str | None) -> None:
     """Remove ``project_dir/relative`` (``samples/<pull>``) through a descriptor of its parent
-    that refuses links; the folder itself must be a folder, not a link."""
+    that refuses links. The folder must be the one the gateway delivered (`identity`,
+    ``<device>:<inode>``; pulls delivered before it was recorded: any folder): its content
+    is removed through a descriptor of that very folder, so a folder a member moved to its
+    name, another pull's say, is left alone."""
     folder, name = Path(relative).parent.as_posix(), Path(relative).name
+    not_ours = WorkspaceUnusable(
+        f"{relative} is not the folder the gateway delivered (it was moved or replaced); ask "
+        "the workbench admins.", log_message=f"{relative}: not the delivered folder, left alone")
     parent_fd = open_workspace_folder(project_dir, folder, create=False)
     try:
-        with contextlib.suppress(FileNotFoundError):  # removed by hand already: still done
-            if not stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
-                raise WorkspaceUnusable(f"{relative} is not a folder the gateway made; ask the "
-                                        "workbench admins.")
-            shutil.rmtree(name, dir_fd=parent_fd)
+        try:
+            folder_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=parent_fd)
+        except FileNotFoundError:
+            return  # removed by hand already: still done
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise not_ours from None
+            raise
+        try:
+            st = os.fstat(folder_fd)
+            if identity is not None and f"{st.st_dev}:{st.st_ino}" != identity:
+                raise not_ours
+            for entry in os.scandir(folder_fd):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.name, dir_fd=folder_fd)
+                else:
+                    os.unlink(entry.name, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.rmdir(name, dir_fd=parent_fd)  # empty by now, unless swapped again meanwhile
     finally:
         os.close(parent_fd)
 

@@ -33,6 +33,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     update,
 )
@@ -72,6 +73,9 @@ class Pull(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "<device>:<inode>" of the delivered folder: a deletion removes only that folder, not
+    # whatever a member may have moved to its name since.
+    folder_identity: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -118,6 +122,7 @@ class GatewayState:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
@@ -225,6 +230,17 @@ def _usage(session: Session | Connection, project: str, since: dt.datetime,
         query = query.where(Pull.id != excluding)
     row = session.execute(query).one()
     return Usage(int(row[0]), int(row[1]), int(row[2]))
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a database was made (nullable ones only): a gateway upgraded in
+    place keeps its pulls and study keys."""
+    existing = {column["name"] for column in inspect(engine).get_columns("pulls")}
+    with engine.begin() as connection:
+        for column in Pull.__table__.columns:
+            if column.name not in existing and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.exec_driver_sql(f'ALTER TABLE pulls ADD COLUMN "{column.name}" {kind}')
 
 
 def _sqlite_connect(dbapi_connection: Any, _connection_record: Any) -> None:
