@@ -583,6 +583,11 @@ def build_archive(
                 ds.SeriesNumber = number
                 ds.InstanceNumber = k + 1
                 ds.SeriesDescription = series.description
+                if series.slices > 1 and series.recode is None and k:
+                    # One source image for every slice, but not the same pixels in each (as
+                    # in a real series): the values shifted by the slice number.
+                    pixels = template.pixel_array
+                    ds.PixelData = (pixels + np.asarray(k, pixels.dtype)).astype(pixels.dtype).tobytes()
                 if series.slices > 1:
                     ipp = _stepped_position(source_ds, k, series.slice_step_mm)
                     ds.ImagePositionPatient = ipp
