@@ -595,3 +595,332 @@ def test_a_series_from_two_studies_interleaved(ct: list[bytes]) -> None:
         mine = deidentified(body, "application/dicom", asked, KEYS, POLICY, memo)
         theirs = deidentified(body, "application/dicom", asked, KEYS, POLICY, SeriesMemo())
         _survives(mine, theirs)
+
+
+# ---------------------------------------------------------------------------
+# Second review: findings (G1-G7), each failed before its fix (in series_memo.py: SV and UV
+# with 32-bit lengths; FFFE tags never read as elements; command elements and pydicom's VR test
+# on the layout path too; the meta group compared whole but for the instance UID; the
+# transfer syntax a UI of digits and dots; kept row elements written as read)
+#
+# G1: SV and UV have a 32-bit length after two reserved bytes (PS3.5 Table 7.1-1, pydicom's
+#     EXPLICIT_VR_LENGTH_32); split_part10 reads a 16-bit length (_SHORT_VRS).
+# G2: an Item Delimitation Item inside a defined length item ends the item for pydicom
+#     (data_element_generator returns on it, whatever its length); split_part10 reads it as
+#     an element of the item with a value (_elements_end).
+# G3: pydicom reads group 0000 elements first and applies its implicit/explicit VR test to
+#     the element after them; split_part10 tests the first element only.
+# G4: _by_layout never applies that test: a varying first element may spell a VR.
+# G5: the transfer syntax is taken from the value's bytes, whatever the VR, stripped of
+#     NULs on both ends; pydicom and the ordinary way read it otherwise.
+# G6: the file meta group is not part of the signature nor compared in the layout; pydicom
+#     converts its first element (and the group length) and fails on a bad one.
+# G7: a kept manifest row element (InstanceNumber, NumberOfFrames ...) is written converted,
+#     not as read: " 7" becomes "7 ".
+
+
+def _long_for_pydicom(tag: int, vr: str, hidden: bytes) -> bytes:
+    """An element with a 64-bit VR (SV, UV): the memo reads bytes 6-7 as a 16-bit length that
+    covers `hidden`; pydicom reads them as reserved, then a 32-bit length of 0, then
+    `hidden` as elements of their own."""
+    value = struct.pack("<L", 0) + hidden
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+
+# G1 (see above)
+@pytest.mark.parametrize("vr", ["SV", "UV"])
+@pytest.mark.parametrize("taught", [1, 2], ids=["signature", "layout"])
+def test_a_64_bit_vr_read_with_a_short_length_hides_a_name(ct: list[bytes], vr: str, taught: int) -> None:
+    def body(slice_: bytes, hidden: bytes) -> bytes:
+        kernel = changed(slice_, lambda ds: setattr(ds, "ConvolutionKernel", "DOE JOHN"))
+        return insert(kernel, _long_for_pydicom(0x00091001, vr, hidden))
+
+    crafted = body(ct[2], raw(0x00101001, "PN", b"Doe^John"))  # OtherPatientNames for pydicom
+    assert str(read(crafted).OtherPatientNames) == "Doe^John"
+    mine, theirs, hits = attack([body(b, raw(0x00091002, "OB", bytes(8))) for b in ct[:taught]], crafted)
+    assert hits == 0  # the memo declines: the ordinary way decides
+    assert not leaks(mine, theirs, b"DOE JOHN")  # the ordinary way cleans it: a name of the record
+    assert same(mine, theirs)
+
+
+# G1 (see above)
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.2"], ids=["RLE", "big endian"])
+def test_a_64_bit_vr_in_the_file_meta_hides_the_transfer_syntax(ct: list[bytes], syntax: str) -> None:
+    body = with_meta(ct[2], extra=_long_for_pydicom(0x00020012, "SV", raw(0x00020010, "UI", syntax.encode())))
+    assert read(body).file_meta.TransferSyntaxUID == syntax
+    assert split_part10(body) is None  # now read as pydicom reads it: not understood here
+    mine, theirs, _ = attack(ct[:2], body)
+    assert same(mine, theirs)
+
+
+def _private_sequence(hidden: bytes) -> bytes:
+    """A private SQ (independent) of undefined length with one defined length item holding an
+    Item Delimitation Item of explicit VR OB whose value is a Sequence Delimitation Item,
+    `hidden`, and the header of a private element swallowing the memo's own delimiter."""
+    value = FAKE_END + hidden + struct.pack("<HH2s2xL", 0x0009, 0x10FF, b"OB", len(FAKE_END))
+    item = struct.pack("<HH2s2xL", 0xFFFE, 0xE00D, b"OB", len(value)) + value
+    return (struct.pack("<HH2s2xL", 0x0009, 0x1010, b"SQ", 0xFFFFFFFF)
+            + struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item + FAKE_END)
+
+
+# G2 (see above)
+@pytest.mark.parametrize("taught", [1, 2], ids=["signature", "layout"])
+def test_an_item_delimiter_inside_a_defined_length_item_hides_a_name(ct: list[bytes], taught: int) -> None:
+    def body(slice_: bytes, hidden: bytes) -> bytes:
+        return insert(changed(slice_, lambda ds: setattr(ds, "ConvolutionKernel", "DOE JOHN")),
+                      _private_sequence(hidden))
+
+    crafted = body(ct[2], raw(0x00101001, "PN", b"Doe^John"))
+    assert split_part10(crafted) is None  # an item delimiter as an element: not read here
+    assert str(read(crafted).OtherPatientNames) == "Doe^John"  # a top-level element for pydicom
+    mine, theirs, hits = attack([body(b, raw(0x00091002, "OB", bytes(8))) for b in ct[:taught]], crafted)
+    assert hits == 0  # the memo declines: the ordinary way decides
+    assert not leaks(mine, theirs, b"DOE JOHN")
+    assert same(mine, theirs)
+
+
+def _implicit_spelling_lo(secret: bytes | None, study: str, command_set: bytes = b"") -> bytes:
+    """F4's object (an implicit VR file whose first length spells LO), after `command_set`."""
+    length = 0x4F4C  # b"LO"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, _small_ct("1.2.3.4.5.1", study))
+    explicit = fp.getvalue()
+    kernel = b"DOE^JOHN" if secret else b"KERNEL A"
+    pixels = (secret or b"").ljust(2000, b"\0")
+    tail = (struct.pack("<HHL", 0x0018, 0x1210, len(kernel)) + kernel
+            + struct.pack("<HHL", 0x7FE0, 0x0010, len(pixels)) + pixels)
+    swallow = struct.pack("<HH2s2xL", 0x7FE1, 0x1010, b"OB", length - len(explicit) - 12 + len(tail))
+    region = (explicit + swallow).ljust(length, b"\0")
+    return (file_start(ImplicitVRLittleEndian) + command_set + struct.pack("<HHL", 0x0008, 0x0000, length)
+            + region + tail)
+
+
+# G3 (see above)
+def test_a_command_set_element_before_an_implicit_file_whose_first_length_spells_a_vr() -> None:
+    study = generate_uid()
+    command = struct.pack("<HHLL", 0x0000, 0x0000, 4, 0)  # (0000,0000), implicit VR
+    taught = _implicit_spelling_lo(None, study, command)
+    crafted = _implicit_spelling_lo(b"Doe^John 0101801234", study, command)
+    assert split_part10(crafted) is None  # command elements: not read here
+    assert str(read(crafted).PatientName) == "Anon^A"  # pydicom as explicit VR
+    mine, theirs, _ = attack([taught], crafted)
+    assert not leaks(mine, theirs, b"Doe^John")
+    assert not leaks(mine, theirs, b"DOE^JOHN")
+    assert same(mine, theirs)
+
+
+# G4 (see above)
+def test_a_varying_first_element_whose_length_spells_a_vr() -> None:
+    study = generate_uid()
+
+    def implicit_rest(kernel: str, pixels: bytes) -> bytes:
+        ds = _small_ct("1.2.3.4.5.1", study)
+        ds.ConvolutionKernel = kernel
+        ds.PixelData = pixels
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, True
+        write_dataset(fp, ds)
+        return fp.getvalue()
+
+    def taught(n: int) -> bytes:  # (0008,0000), the kernel and the pixels vary
+        return (file_start(ImplicitVRLittleEndian) + struct.pack("<HHLL", 0x0008, 0x0000, 4, n)
+                + implicit_rest(f"KERNEL {n}", bytes([n]) * 128))
+
+    secret = b"Doe^John 0101801234"
+    rest = implicit_rest("DOE^JOHN", secret.ljust(128, b"\0"))  # what the memo reads after the region
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, _small_ct("1.2.3.4.5.1", study))
+    explicit = fp.getvalue()
+    length = 0x4F4C  # b"LO": pydicom reads explicit VR, and swallows the rest
+    swallow = struct.pack("<HH2s2xL", 0x7FE1, 0x1010, b"OB", length - len(explicit) - 12 + len(rest))
+    crafted = (file_start(ImplicitVRLittleEndian) + struct.pack("<HHL", 0x0008, 0x0000, length)
+               + (explicit + swallow).ljust(length, b"\0") + rest)
+    assert split_part10(crafted) is None  # split_part10 applies the test; _by_layout does not
+    assert "ConvolutionKernel" not in read(crafted)
+    mine, theirs, hits = attack([taught(0), taught(1)], crafted)
+    assert hits == 0  # the memo declines: the ordinary way decides
+    assert not leaks(mine, theirs, b"DOE^JOHN")
+    assert not leaks(mine, theirs, b"Doe^John")
+    assert same(mine, theirs)
+
+
+# G5 (see above)
+@pytest.mark.parametrize("element", [
+    raw(0x00020010, "UI", b"\0" + pydicom.uid.RLELossless.encode()),  # the ordinary way keeps the NUL
+    raw(0x00020010, "OB", pydicom.uid.RLELossless.encode()),  # bytes for pydicom: no syntax
+    raw(0x00020010, "FD", pydicom.uid.RLELossless.encode() + b"\0"),  # not a whole number of FD
+], ids=["leading NUL", "OB", "FD"])
+def test_a_transfer_syntax_read_otherwise(rle: list[bytes], element: bytes) -> None:
+    body = with_meta(rle[2], {0x00020010: element})
+    assert split_part10(body) is None  # not a UI of digits and dots: not read here
+    mine, theirs, hits = attack(rle[:2], body)
+    assert hits == 0  # the memo declines: the ordinary way decides
+    assert same(mine, theirs)  # the ordinary way writes Explicit VR Little Endian, or refuses
+
+
+# G6 (see above)
+@pytest.mark.parametrize("taught", [1, 2], ids=["signature", "layout"])
+def test_a_file_meta_group_length_pydicom_cannot_convert(ct: list[bytes], taught: int) -> None:
+    split = split_part10(ct[2])
+    assert split is not None
+    group_length = raw(0x00020000, "UL", b"\0\0")  # two bytes: not a whole UL
+    body = ct[2][:132] + group_length + ct[2][132 + 12:]
+    mine, theirs, hits = attack(ct[:taught], body)
+    assert isinstance(theirs, Refused) and theirs.reason == "unreadable_object"
+    assert same(mine, theirs)
+
+
+# G7 (see above)
+@pytest.mark.parametrize("tag, value", [(0x00200013, b" 7"), (0x00280008, b" 2")],
+                         ids=["InstanceNumber", "NumberOfFrames"])
+def test_a_kept_row_element_is_written_as_read(ct: list[bytes], tag: int, value: bytes) -> None:
+    taught = [insert(b, raw(0x00280008, "IS", b"1 ")) for b in ct[:2]]
+    body = insert(insert(ct[2], raw(0x00280008, "IS", b"1 ")), raw(tag, "IS", value))
+    mine, theirs, hits = attack(taught, body)
+    assert hits == 1
+    assert isinstance(theirs, Fast) and raw(tag, "IS", value) in theirs.data
+    assert same(mine, theirs)
+
+
+# ---------------------------------------------------------------------------
+# Second review: attacks the memo survived
+
+
+def _both_ways(taught: list[bytes], body: bytes, *secrets: bytes) -> None:
+    """`body` after one and after two taught objects (the signature way, the layout way)."""
+    for n in (1, 2):
+        mine, theirs, _ = attack(taught[:n], body)
+        _survives(mine, theirs, *secrets)
+
+
+def _undefined(tag: int, vr: str, items: bytes) -> bytes:
+    return struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr.encode(), 0xFFFFFFFF) + items + FAKE_END
+
+
+def _item(content: bytes, *, defined: bool = True) -> bytes:
+    if defined:
+        return struct.pack("<HHL", 0xFFFE, 0xE000, len(content)) + content
+    return struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + content + ITEM_END
+
+
+def test_sequences_split_part10_must_not_read(ct: list[bytes]) -> None:
+    """Implicit VR items in an explicit dataset (pydicom switches), delimiters with a length,
+    nested sequences of both kinds of length, nesting deeper than the memo reads."""
+    kept = raw(0x00091011, "OB", bytes(8))
+    taught = [insert(b, _undefined(0x00091010, "SQ", _item(kept))) for b in ct[:2]]
+    implicit_item = _item(struct.pack("<HHL", 0x0010, 0x1001, len(NAME)) + NAME)
+    inner = _undefined(0x00091020, "SQ", _item(kept))
+
+    def deep(levels: int) -> bytes:
+        value = kept
+        for _ in range(levels):
+            value = _undefined(0x00091010, "SQ", _item(value, defined=False))
+        return value
+
+    bodies = [
+        _undefined(0x00091010, "UN", implicit_item),
+        _undefined(0x00091010, "SQ", implicit_item),
+        _undefined(0x00091010, "SQ", _item(kept))[:-8] + b"\xfe\xff\xdd\xe0\x04\x00\x00\x00" + bytes(4),
+        _undefined(0x00091010, "SQ", _item(kept)[:8] + kept + b"\xfe\xff\x0d\xe0\x08\x00\x00\x00" + bytes(8)),
+        _undefined(0x00091010, "SQ", _item(inner, defined=False) + _item(inner)),
+        deep(15), deep(17), deep(300),
+    ]
+    for body in bodies:
+        _both_ways(taught, insert(ct[2], body), NAME)
+
+
+def test_fragments_split_part10_must_not_read(rle: list[bytes]) -> None:
+    split = split_part10(rle[2])
+    assert split is not None
+    pixels = next(e for e in split.elements if e.tag == 0x7FE00010)
+    fragments = rle[2][pixels.value_start:pixels.value_end]
+    for tag in (b"\xfe\xff\x0d\xe0", b"\xfe\xff\x00\xe1", b"\xfe\xff\xdd\xe0"):
+        other = tag + struct.pack("<L", 8) + bytes(8)
+        _both_ways(rle[:2], pixel_data_replaced(rle[2], fragments + other + FAKE_END))
+    _both_ways(rle[:2], pixel_data_replaced(rle[2], fragments + b"\xfe\xff\xdd\xe0\x02\x00\x00\x00" + bytes(2)))
+
+
+def test_sop_instance_uids_in_the_hand_built_file_meta(ct: list[bytes]) -> None:
+    values = (b"1.2.3.4.5\0", b"1.2.3.4.5 \0", b"1.2.3.4.56", b" 1.2.3", b"\x001.2.3", b"1.2.3\0\x004",
+              b"1." + b"1" * 70, b"1.2.840.10008.1.2", b"1.2.3\\1.2.4", b"abc")
+    for value in values:
+        _both_ways(ct[:2], insert(ct[2], raw(0x00080018, "UI", value)))
+
+
+def test_ambiguous_vrs_read_explicitly(ct: list[bytes]) -> None:
+    taught = [insert(b, raw(0x00280106, "US", b"\0\0")) for b in ct[:2]]  # SmallestImagePixelValue
+    for vr, value in (("US", b"\x01\x80"), ("SS", b"\x01\x80"), ("OW", b"\x01\x80"), ("US", b"\1\0\2\0")):
+        _both_ways(taught, insert(ct[2], raw(0x00280106, vr, value)))
+    split = split_part10(ct[2])
+    assert split is not None
+    pixels = next(e for e in split.elements if e.tag == 0x7FE00010)
+    header = struct.pack("<HH2s2xL", 0x7FE0, 0x0010, b"OB", pixels.value_end - pixels.value_start)
+    _both_ways(ct[:2], ct[2][:pixels.start] + header + ct[2][pixels.value_start:])
+
+
+def test_implicit_pixel_data_with_other_bits_allocated(ct: list[bytes]) -> None:
+    taught = [changed(b, implicit=True) for b in ct[:2]]
+
+    def bits8(ds: pydicom.Dataset, odd: bool = False) -> None:
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        if odd:
+            ds.PixelData = b"A" * 4097
+
+    def printable(ds: pydicom.Dataset) -> None:  # kept as read by the ordinary way
+        ds.PixelData = b"A" * len(ds.PixelData)
+
+    for change in (bits8, lambda ds: bits8(ds, odd=True), printable):
+        _both_ways(taught, changed(ct[2], change, implicit=True))
+
+
+def test_rows_columns_and_frames_change(ct: list[bytes]) -> None:
+    def size(ds: pydicom.Dataset) -> None:
+        ds.Rows, ds.Columns = 16, 1024
+        ds.PixelData = bytes(16 * 1024 * 2)
+
+    _both_ways(ct[:2], changed(ct[2], size))
+    taught = [changed(b, lambda ds: setattr(ds, "NumberOfFrames", 1)) for b in ct[:2]]
+    _both_ways(taught, changed(ct[2], lambda ds: setattr(ds, "NumberOfFrames", 2)))
+    for value in (b"7 ", b"+7", b"07", b"7\\8", b"1e2", b"", b"1.0 ", b"\xb77"):
+        _both_ways(ct[:2], insert(ct[2], raw(0x00200013, "IS", value)))
+    for value in (b"\x08\x00\x08\x00", b"\x08", b"", b"\xff\xff"):
+        _both_ways(ct[:2], insert(ct[2], raw(0x00280010, "US", value, length=len(value)) + b"\0" * (len(value) % 2)))
+
+
+def test_only_the_transfer_syntax_differs(ct: list[bytes], rle: list[bytes]) -> None:
+    for syntax in (pydicom.uid.JPEGBaseline8Bit, pydicom.uid.RLELossless, ImplicitVRLittleEndian):
+        _both_ways(ct[:2], with_meta(ct[2], {0x00020010: raw(0x00020010, "UI", syntax.encode())}))
+    _both_ways(rle[:2], with_meta(rle[2], {0x00020010: raw(0x00020010, "UI", ExplicitVRLittleEndian.encode())}))
+    for value in (b" " + pydicom.uid.RLELossless.encode(), pydicom.uid.RLELossless.encode() + b"\t",
+                  pydicom.uid.RLELossless.encode() + b"\0 "):
+        _both_ways(rle[:2], with_meta(rle[2], {0x00020010: raw(0x00020010, "UI", value)}))
+    for vr in ("LO", "UN"):
+        _both_ways(rle[:2], with_meta(rle[2], {0x00020010: raw(0x00020010, vr, pydicom.uid.RLELossless.encode())}))
+
+
+def test_an_invalid_character_set_in_every_object(ct: list[bytes]) -> None:
+    for charset in ("ISO_IR 999", "", "ISO_IR 100\\ISO_IR 999", "ISO 2022 IR 6\\ISO 2022 IR 87", "GB18030"):
+        def change(ds: pydicom.Dataset, kernel: str = "KØGE", charset: str = charset) -> None:
+            ds.SpecificCharacterSet = charset
+            ds.ConvolutionKernel = kernel
+
+        taught = [changed(b, change) for b in ct[:2]]
+        _both_ways(taught, changed(ct[2], lambda ds, change=change: change(ds, "Hansen^Birgitte")), b"Hansen")
+
+
+def test_more_odd_meta_groups(ct: list[bytes]) -> None:
+    start = 132 + 12  # after the group length
+    bodies = [
+        ct[2][:132] + raw(0x00020000, "UL", struct.pack("<L", 7)) + ct[2][start:],  # lying
+        ct[2][:132] + ct[2][start:],  # no group length
+        ct[2][:132] + raw(0x00020000, "OB", bytes(3)) + ct[2][start:],
+        with_meta(ct[2], extra=raw(0x00020100, "UI", b"1.2.3.4")),  # after a gap
+        with_meta(ct[2], extra=raw(0x00020FFF, "LO", NAME)),
+        # the meta group in implicit VR: pydicom reads it so, split_part10 does not
+        ct[2][:132] + struct.pack("<HHLL", 0x0002, 0x0000, 4, 0) + ct[2][start:],
+    ]
+    for body in bodies:
+        _both_ways(ct[:2], body, NAME)

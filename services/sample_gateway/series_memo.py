@@ -44,6 +44,7 @@ a second one of its signature arrives. Nothing is logged.
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import threading
 from collections import OrderedDict
@@ -57,7 +58,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
-from pydicom.valuerep import AMBIGUOUS_VR
+from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
 from .deidentify import (
     _CODE_KEYWORDS,
@@ -92,11 +93,10 @@ _PIXEL_DATA = 0x7FE00010
 _SOP_INSTANCE_UID = 0x00080018
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
-#: Explicit VRs with a 32-bit length after two reserved bytes (PS3.5 7.1.2).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
-_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
-                        b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"SV", b"TM", b"UI",
-                        b"UL", b"US", b"UV"})
+#: Explicit VRs with a 32-bit length after two reserved bytes, and with a 16-bit one (PS3.5
+#: Table 7.1-1, as pydicom reads them).
+_LONG_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)
+_SHORT_VRS = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_16)
 #: VRs whose elements can be independent: no SQ (items hold anything), no PN, DA or DT
 #: (the record's names and dates), no UN (could be anything).
 _PLAIN_VRS = frozenset(v.decode() for v in _LONG_VRS | _SHORT_VRS) - {"SQ", "PN", "DA", "DT", "UN"}
@@ -160,33 +160,24 @@ class Split:
     implicit: bool
     compressed: bool
     elements: tuple[Element, ...]
+    meta: bytes  # the file meta group as compared (see _read_meta)
 
 
 def split_part10(data: bytes) -> Split | None:
     """The top-level elements of a Part 10 file (preamble, ``DICM``, explicit VR little endian
     file meta), or None for anything this reader does not fully understand."""
-    if len(data) < 132 or data[128:132] != b"DICM":
+    meta = _read_meta(data)
+    if meta is None:
         return None
-    pos, end, syntax = 132, len(data), None
-    while pos + 8 <= end:
-        group = data[pos] | data[pos + 1] << 8
-        if group != 0x0002:
-            break
-        element = _explicit(data, pos, end)
-        if element is None or element.length == UNDEFINED:
-            return None
-        if element.tag == 0x00020010:
-            syntax = data[element.value_start:element.value_end].decode("ascii", "replace").strip(" \x00")
-        pos = element.end
-    if not syntax:
-        return None
+    pos, syntax, meta_bytes = meta
+    end = len(data)
     uid = UID(syntax)
     encoding = plain_encoding(uid)
     if encoding is None:
         return None
     implicit = encoding[0]
-    if pos + 6 <= end and _looks_implicit(data, pos) != implicit:
-        return None  # pydicom would read it with the other VR encoding (and warn)
+    if not _dataset_starts_as(data, pos, implicit):
+        return None
     elements = []
     previous = -1
     while pos < end:
@@ -195,7 +186,55 @@ def split_part10(data: bytes) -> Split | None:
             return None
         elements.append(element)
         previous, pos = element.tag, element.end
-    return Split(data, syntax, implicit, uid.is_compressed, tuple(elements))
+    return Split(data, syntax, implicit, uid.is_compressed, tuple(elements), meta_bytes)
+
+
+_TRANSFER_SYNTAX = re.compile(rb"[0-9][0-9.]*\x00?")
+
+
+def _read_meta(data: bytes) -> tuple[int, str, bytes] | None:
+    """(where the dataset starts, the transfer syntax, the meta group as compared) of a Part 10
+    file: its elements as read, but the group length's value and MediaStorageSOPInstanceUID's
+    value and length (which differ from object to object; the output's meta is made anew).
+    None unless the group length is a UL of 4 bytes, the instance UID a UI and the transfer
+    syntax a UI of digits and dots (anything else the ordinary way decides)."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    pos, end, syntax = 132, len(data), None
+    compared = []
+    while pos + 8 <= end and data[pos] == 0x02 and data[pos + 1] == 0x00:
+        element = _explicit(data, pos, end)
+        if element is None or element.length == UNDEFINED:
+            return None
+        if element.tag == 0x00020000:
+            if element.vr != "UL" or element.length != 4:
+                return None
+            compared.append(data[element.start:element.value_start])
+        elif element.tag == _META_INSTANCE:
+            if element.vr != "UI":
+                return None
+            compared.append(data[element.start:element.start + 6])
+        else:
+            if element.tag == 0x00020010:
+                value = data[element.value_start:element.value_end]
+                if element.vr != "UI" or syntax is not None or not _TRANSFER_SYNTAX.fullmatch(value):
+                    return None
+                syntax = value.rstrip(b"\x00").decode("ascii")
+            compared.append(data[element.start:element.end])
+        pos = element.end
+    if syntax is None:
+        return None
+    return pos, syntax, b"".join(compared)
+
+
+def _dataset_starts_as(data: bytes, pos: int, implicit: bool) -> bool:
+    """Whether pydicom reads the dataset from `pos` with the VR encoding `implicit` (its test of
+    the first element), and it holds no command elements (group 0000, read before that test)."""
+    if pos + 6 > len(data):
+        return pos == len(data)
+    if data[pos] == 0 and data[pos + 1] == 0:
+        return False
+    return _looks_implicit(data, pos) == implicit
 
 
 def _looks_implicit(data: bytes, pos: int) -> bool:
@@ -208,6 +247,10 @@ _MAX_DEPTH = 16
 
 
 def _read(data: bytes, pos: int, end: int, implicit: bool, depth: int) -> Element | None:
+    """One element of a dataset or an item; None for an item or delimiter tag (FFFE,xxxx),
+    which pydicom reads as the end of an item whatever its length says."""
+    if pos + 4 <= end and data[pos] == 0xFE and data[pos + 1] == 0xFF:
+        return None
     return _implicit(data, pos, end, depth) if implicit else _explicit(data, pos, end, depth)
 
 
@@ -449,8 +492,8 @@ class SeriesMemo:
     @staticmethod
     def _signature(split: Split) -> tuple[str, bytes]:
         data = split.data
-        return split.syntax, b"".join(data[e.start:e.end] for e in split.elements
-                                      if not independent(e.tag, e.vr))
+        return split.syntax, split.meta + b"".join(data[e.start:e.end] for e in split.elements
+                                                   if not independent(e.tag, e.vr))
 
     def _assemble(self, split: Split, learnt: _Learnt) -> Fast | None:
         """An object with a learnt signature, element by element; learns where objects of this
@@ -479,8 +522,11 @@ class SeriesMemo:
         """An object that is the first object of a signature with only the varying elements
         changed (same tags, VRs and order; every other byte the same), else None."""
         first = learnt.split
-        pos = _after_meta(body, first.syntax)
-        if pos is None:
+        meta = _read_meta(body)
+        if meta is None or meta[1] != first.syntax or meta[2] != first.meta:
+            return None
+        pos = meta[0]
+        if not _dataset_starts_as(body, pos, first.implicit):
             return None
         layout = learnt.layout
         assert layout is not None
@@ -591,11 +637,12 @@ def _apply(data: bytes, element: Element, split: Split, learnt: _Learnt) -> tupl
     result = learnt.rules.apply(raw)
     if result is None:
         return None, None
-    if element.tag == _PIXEL_DATA or (element.tag in _ROW_TAGS and isinstance(result, RawDataElement)):
-        result = _converted(result, split.implicit, learnt.rules)
+    row_value = None
+    if element.tag in _ROW_TAGS:  # the value as the manifest reads it; written as it is
+        row_value = _converted(result, split.implicit, learnt.rules).value
     if element.tag == _PIXEL_DATA:
+        result = _converted(result, split.implicit, learnt.rules)
         result.is_undefined_length = split.compressed  # as part10_bytes writes it
-    row_value = result.value if element.tag in _ROW_TAGS else None
     return element_bytes(result, split.implicit, learnt.charset), row_value
 
 
@@ -630,21 +677,6 @@ def _layout(learnt: _Learnt, other: Split) -> _Layout | None:
     for low, high in zip(bounds, bounds[1:], strict=False):
         between.append(b"".join(learnt.pieces[t] for t in ordered if low < t < high))
     return _Layout(tuple(steps), tuple(between))
-
-
-def _after_meta(data: bytes, syntax: str) -> int | None:
-    """Where the dataset of a Part 10 file starts, if its meta names `syntax`."""
-    if len(data) < 132 or data[128:132] != b"DICM":
-        return None
-    pos, end, found = 132, len(data), None
-    while pos + 8 <= end and data[pos] == 0x02 and data[pos + 1] == 0x00:
-        element = _explicit(data, pos, end)
-        if element is None or element.length == UNDEFINED:
-            return None
-        if element.tag == 0x00020010:
-            found = data[element.value_start:element.value_end].decode("ascii", "replace").strip(" \x00")
-        pos = element.end
-    return pos if found == syntax else None
 
 
 def _meta_parts(meta_bytes: bytes) -> tuple[bytes, bytes, bytes, int] | None:
