@@ -57,15 +57,20 @@ from hub_config.loader import parse_config
 from hub_config.storage import StorageLayout
 from services.sample_gateway.audit import AuditLog
 from services.sample_gateway.deidentify import DeidPolicy, deidentify
-from services.sample_gateway.delivery import PullWriter
+from services.sample_gateway.delivery import PullWriter, store_instance
 from services.sample_gateway.encoding import part10_bytes
 from services.sample_gateway.gateway import Gateway
 from services.sample_gateway.integration import build_archive as build_archive_client
-from services.sample_gateway.delivery import store_instance
-from services.sample_gateway.pipeline import Delivered, Workers, deidentified, drop_private, process
-from services.sample_gateway.series_memo import SeriesMemo
+from services.sample_gateway.pipeline import (
+    Delivered,
+    Workers,
+    deidentified,
+    drop_private,
+    process,
+)
 from services.sample_gateway.pseudonyms import ProjectKeys
 from services.sample_gateway.queries import StudyCriteria
+from services.sample_gateway.series_memo import SeriesMemo
 from services.sample_gateway.state import GatewayState
 
 CINE = "US cine loop"

@@ -767,7 +767,7 @@ def test_a_file_meta_group_length_pydicom_cannot_convert(ct: list[bytes], taught
     assert split is not None
     group_length = raw(0x00020000, "UL", b"\0\0")  # two bytes: not a whole UL
     body = ct[2][:132] + group_length + ct[2][132 + 12:]
-    mine, theirs, hits = attack(ct[:taught], body)
+    mine, theirs, _hits = attack(ct[:taught], body)
     assert isinstance(theirs, Refused) and theirs.reason == "unreadable_object"
     assert same(mine, theirs)
 

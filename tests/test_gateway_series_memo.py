@@ -259,7 +259,7 @@ def test_private_elements_are_independent_only_when_their_vr_says_they_hold_no_n
 
 
 def test_big_objects_are_not_kept(series: dict[str, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
-    import services.sample_gateway.series_memo as series_memo
+    from services.sample_gateway import series_memo
 
     bodies = next(b for b in series.values() if len(b) == 50)
     study = study_of(bodies[0])

@@ -82,17 +82,17 @@ from .annex_e import CODE_STRING_VOCABULARY, DOCUMENTED_UIDS
 from .pseudonyms import ProjectKeys, shift_date
 
 __all__ = [
-    "BurnedInAnnotationRefused",
     "CODE_STRING_VOCABULARY",
     "DEFAULT_KEEP_DESCRIPTORS",
+    "DOCUMENTED_UIDS",
+    "SAFE_TEXT_KEYWORDS",
+    "BurnedInAnnotationRefused",
     "DeidError",
     "DeidPolicy",
     "DeidReport",
     "DeidResult",
-    "DOCUMENTED_UIDS",
     "ElementRules",
     "IdentifyingScreen",
-    "SAFE_TEXT_KEYWORDS",
     "UnsupportedObject",
     "burned_in_risk",
     "clean_descriptor",

@@ -28,8 +28,8 @@ The project folder itself (``<data>/projects/<id>``) is made by the admins' tool
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import csv
+import ctypes
 import errno
 import hashlib
 import io

@@ -44,6 +44,7 @@ a second one of its signature arrives. Nothing is logged.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import struct
 import threading
@@ -674,7 +675,7 @@ def _layout(learnt: _Learnt, other: Split) -> _Layout | None:
     ordered = sorted(t for t in learnt.pieces if t not in varying)
     between: list[bytes] = []
     bounds = [-1, *varying, 1 << 33]
-    for low, high in zip(bounds, bounds[1:], strict=False):
+    for low, high in itertools.pairwise(bounds):
         between.append(b"".join(learnt.pieces[t] for t in ordered if low < t < high))
     return _Layout(tuple(steps), tuple(between))
 
