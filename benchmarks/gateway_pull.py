@@ -17,12 +17,17 @@ series (50 CT slices + 1 JPEG 2000 head CT, 51 instances), each median of ``--re
   file made beforehand and only written: what a pull costs besides de-identification;
 - **naive**: dicomweb-client's ``retrieve_series`` for both series, then dicognito on every
   dataset and ``save_as`` into a folder, sequentially;
-- the same three for one multi-frame object (the 30-frame JPEG ultrasound cine loop);
+- the same three for one multi-frame object (the 30-frame JPEG ultrasound cine loop), and
+  the gateway's retrieval of it alone (WADO-RS, part of the gateway's figure);
 - **de-identification alone**, files per second on the same 51 files held in memory
   (parse, de-identify, encode): the gateway as a pull does it (series memo, nothing learnt
   before the first file) and each object alone (the ordinary way), against dicognito with
   pydicom's ``dcmwrite``;
-- the DIMSE integration (C-GET and C-MOVE) on the same study, for reference.
+- the DIMSE integration (C-GET and C-MOVE) on the same study, for reference;
+- **CPU per run**: the CPU time every process involved used during each timed run (this
+  one with the gateway's event loop and threads, the gateway's worker processes, Orthanc),
+  read from ``/proc/<pid>/task/<tid>/schedstat`` (Linux): divided by the CPUs this machine
+  has, it is the shortest a run could take here if all of it ran in parallel.
 
 Orthanc runs with ``TCP_NODELAY=1`` in its environment: its DICOM toolkit (DCMTK) otherwise
 leaves Nagle's algorithm on and every C-STORE sub-operation waits ~40 ms for a delayed ACK
@@ -112,8 +117,19 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
     med = statistics.median
     results: dict[str, list[float]] = {}
 
+    meter = CpuMeter(apart=orthanc.pid or 0)
+    cpu: dict[str, list[tuple[float, float]]] = {}
+    cpu_start = [(0, 0)]
+
     def record(name: str, seconds: float) -> None:
         results.setdefault(name, []).append(seconds)
+
+    def cpu_from() -> None:
+        cpu_start[0] = meter.now()
+
+    def cpu_to(name: str) -> None:
+        (total, orthanc_), (total0, orthanc0) = meter.now(), cpu_start[0]
+        cpu.setdefault(name, []).append(((total - total0) / 1e9, (orthanc_ - orthanc0) / 1e9))
 
     with orthanc.client() as client:
         ids = {e.sop_instance_uid: client.post("/tools/lookup", content=e.sop_instance_uid).json()[0]["ID"]
@@ -140,10 +156,13 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
     prepared: dict[bytes, tuple[bytes, Any]] = {}
     for _ in range(args.repeat):
         with orthanc.client() as client:
+            cpu_from()
             started = time.perf_counter()
             for entry in entries:
                 client.get(f"/instances/{ids[entry.sop_instance_uid]}/file").raise_for_status()
             record("ceiling REST", time.perf_counter() - started)
+            cpu_to("ceiling REST")
+            cpu_from()
             started = time.perf_counter()
             for series_uid in series_uids:
                 with client.stream("GET", f"/dicom-web/studies/{study_uid}/series/{series_uid}",
@@ -151,14 +170,17 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
                     for _chunk in r.iter_bytes():
                         pass
             record("ceiling WADO-RS", time.perf_counter() - started)
+            cpu_to("ceiling WADO-RS")
             started = time.perf_counter()
             client.get(f"/instances/{ids[cine.sop_instance_uid]}/file").raise_for_status()
             record("cine ceiling", time.perf_counter() - started)
 
         for workers, gateway in gateways.items():
+            cpu_from()
             started = time.perf_counter()
             done = await pull(gateway, keys[f"w{workers}"])
             record(f"gateway workers={workers}", time.perf_counter() - started)
+            cpu_to(f"gateway workers={workers}")
             assert done["status"] == "done" and done["instances_done"] == len(entries), done
         for mode, gateway in dimse.items():
             started = time.perf_counter()
@@ -166,9 +188,11 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
             record(f"gateway DIMSE {mode}", time.perf_counter() - started)
             assert done["status"] == "done", done
 
+        cpu_from()
         started = time.perf_counter()
         await asyncio.to_thread(naive, orthanc, study_uid, series_uids, work / "naive")
         record("naive", time.perf_counter() - started)
+        cpu_to("naive")
 
         # What is left of a pull when de-identification costs nothing: the same pull (one
         # thread) with every object's file prepared beforehand, only written.
@@ -176,9 +200,11 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
             with _prepared(prepared):
                 if not prepared:
                     await pull(gateways[0], keys["w0"])  # untimed: makes the files
+                cpu_from()
                 started = time.perf_counter()
                 done = await pull(gateways[0], keys["w0"])
                 record("pull, files prepared", time.perf_counter() - started)
+                cpu_to("pull, files prepared")
             assert done["status"] == "done", done
 
         gateway = gateways[args.workers[0]]
@@ -186,6 +212,7 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
         started = time.perf_counter()
         part = await gateway.archive.retrieve_instance(cine.study_instance_uid, cine.series_instance_uid,
                                                        cine.sop_instance_uid)
+        record("cine gateway: WADO-RS retrieval", time.perf_counter() - started)
         writer = PullWriter(work / "cine", "bench")
         outcome = await asyncio.to_thread(process, part.body, part.content_type, cine.study_instance_uid,
                                           keys_, DeidPolicy(allow_burned_in_annotation=True), writer.target,
@@ -215,8 +242,19 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
         print(f"  {name:<26} {t:6.3f} s  {n / t:6.0f} files/s  {ceiling / t:5.0%} of the REST ceiling "
               f"({wado / t:4.0%} of WADO-RS), {naive_time / t:4.1f}x the naive pipeline   {_all(results[name])}")
     print(f"  {'naive (dicomweb-client + dicognito)':<26} {naive_time:6.3f} s  {n / naive_time:6.0f} files/s")
+    if meter.available:
+        cpus = os.cpu_count() or 1
+        print(f"CPU time per run, all processes (this one, the gateway's workers, Orthanc), median; "
+              f"/ {cpus} CPUs = the shortest the run could take here:")
+        for name, values in cpu.items():
+            used, in_orthanc = med(v[0] for v in values), med(v[1] for v in values)
+            print(f"  {name:<26} {used * 1000:6.1f} core-ms (Orthanc {in_orthanc * 1000:5.1f})  / {cpus} = "
+                  f"{used / cpus * 1000:5.1f} ms (measured {med(results[name]) * 1000:5.1f} ms)")
+        floor = min(med(v[0] for v in cpu[f"gateway workers={w}"]) for w in args.workers) / cpus
+        print(f"  70 % of the REST ceiling is {ceiling / 0.7 * 1000:.1f} ms; the gateway's CPU alone needs "
+              f"at least {floor * 1000:.1f} ms on {cpus} CPUs")
     print(f"multi-frame object ({cine.number_of_frames}-frame {cine.transfer_syntax_name} ultrasound):")
-    for name in ("cine ceiling", "cine gateway", "cine naive"):
+    for name in ("cine ceiling", "cine gateway", "cine gateway: WADO-RS retrieval", "cine naive"):
         print(f"  {name:<26} {med(results[name]) * 1000:6.1f} ms")
     print("de-identification alone (parse + de-identify + encode, same 51 files in memory):")
     for name, rate in deid_rates.items():
@@ -409,6 +447,43 @@ def _prepared(prepared: dict[bytes, tuple[bytes, Any]]) -> Iterator[None]:
 
 def _all(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+
+
+class CpuMeter:
+    """CPU time (ns) used by this process and all its descendants (the gateway's worker
+    processes, Orthanc), every thread, from ``/proc/<pid>/task/<tid>/schedstat`` (Linux;
+    nanosecond resolution, unlike the 10 ms ticks of ``/proc/<pid>/stat``). Read it before
+    and after a run, outside the timed span: it scans ``/proc``."""
+
+    def __init__(self, apart: int) -> None:
+        self.available = Path(f"/proc/{os.getpid()}/task").is_dir()
+        self.apart = apart  # a process counted apart too (Orthanc)
+
+    def now(self) -> tuple[int, int]:
+        """(all, the one counted apart)."""
+        if not self.available:
+            return 0, 0
+        total = apart = 0
+        for pid in self._family():
+            for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    used = int(task.read_text().split()[0])
+                    total += used
+                    apart += used if pid == self.apart else 0
+        return total, apart
+
+    @staticmethod
+    def _family() -> list[int]:
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                text = stat.read_text()
+                parents[int(text.split(" ", 1)[0])] = int(text.rsplit(")", 1)[1].split()[1])
+        family, frontier = [os.getpid()], [os.getpid()]
+        while frontier:
+            frontier = [pid for pid, parent in parents.items() if parent in frontier]
+            family.extend(frontier)
+        return family
 
 
 
