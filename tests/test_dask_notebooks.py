@@ -12,6 +12,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from demo.archive import DemoArchive
 from extensions.vcf import open_vcf, shipped_example, variant_stats
+from tests.fixtures.notebook_output import shown_text
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -35,7 +36,7 @@ def small_server(monkeypatch: pytest.MonkeyPatch) -> None:
 def _outputs(path: Path) -> tuple[str, list[dict]]:
     executed = nbformat.read(path, as_version=4)
     outputs = [out for cell in executed.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
-    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    text = shown_text(executed)
     return text, outputs
 
 

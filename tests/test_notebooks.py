@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -10,6 +9,7 @@ import papermill
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
+from tests.fixtures.notebook_output import shown_text
 from tests.fixtures.workbench import RunningHub
 
 pytestmark = [pytest.mark.hub, pytest.mark.orthanc]
@@ -46,10 +46,7 @@ def test_sample_pull_notebook(hub: RunningHub, workbench_kernel: str, tmp_path: 
         cwd=str(tmp_path), progress_bar=False,
     )
     executed = nbformat.read(output, as_version=4)
-    text = "\n".join(
-        str(out.get("text", "")) + str(out.get("data", {}).get("text/plain", ""))
-        for cell in executed.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-    )
+    text = shown_text(executed)
     assert "Project magi" in text
     assert "images in" in text and "samples/" in text
     assert "('z', 'y', 'x')" in text and "HU" in text

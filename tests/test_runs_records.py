@@ -40,6 +40,21 @@ def test_run_ids_sort_by_time_and_are_nomad_safe() -> None:
     assert first.replace("-", "").isalnum() and first == first.lower()
 
 
+def test_runs_made_in_one_second_are_listed_in_the_order_they_were_made(tmp_path: Path) -> None:
+    # Ids name the second only; within it the random suffix must not decide the order.
+    store = RunStore(tmp_path)
+    made = [("20250101-120000-ffffff", "2025-01-01T12:00:00.100+00:00"),
+            ("20250101-120000-000000", "2025-01-01T12:00:00.450+00:00"),
+            ("20250101-120000-888888", "2025-01-01T12:00:00.900+00:00"),
+            ("20250101-120001-111111", "2025-01-01T12:00:01.000+00:00")]
+    for run_id, created in made:
+        store.create(run_id)
+        store.save(record(run_id, created=created))
+    assert store.ids() != [run_id for run_id, _ in made]  # what sorting by id alone gives
+    assert [r.id for r in store.records()] == [run_id for run_id, _ in made]
+    assert format_list(list(store.records())).splitlines()[1].startswith("20250101-120000-ffffff")
+
+
 def test_store_saves_loads_lists_and_resolves_short_ids(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     assert store.ids() == [] and list(store.records()) == []

@@ -195,6 +195,16 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
+def _instant(text: str) -> dt.datetime:
+    """A record's ISO timestamp as an aware time (a naive one is taken as UTC); an
+    unreadable one sorts first rather than hiding the record."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 def new_run_id(now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.UTC)
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
@@ -262,12 +272,16 @@ class RunStore:
         return sorted(p.name for p in self.root.iterdir() if (p / RECORD).is_file())
 
     def records(self) -> Iterator[RunRecord]:
-        """Oldest first; unreadable records are skipped (one bad file must not hide the rest)."""
+        """Oldest first, by creation time to the millisecond (ids name the second only, so
+        two runs made in one second would otherwise come in the order of their random
+        suffixes); unreadable records are skipped (one bad file must not hide the rest)."""
+        found = []
         for run_id in self.ids():
             try:
-                yield RunRecord.model_validate_json((self.root / run_id / RECORD).read_text("utf-8"))
+                found.append(RunRecord.model_validate_json((self.root / run_id / RECORD).read_text("utf-8")))
             except (OSError, ValueError):
                 continue
+        yield from sorted(found, key=lambda record: (_instant(record.created), record.id))
 
 
 # Comparing ------------------------------------------------------------------------------------
