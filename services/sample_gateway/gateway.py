@@ -58,7 +58,7 @@ from .errors import (
 )
 from .integration import Archive, build_archive
 from .logsafety import describe_error
-from .pipeline import Delivered, Workers, process
+from .pipeline import Delivered, Workers, process_batch
 from .previews import Previews
 from .pseudonyms import ProjectKeys, load_or_create_key
 from .queries import StudyCriteria, matches_description, search_plan
@@ -70,6 +70,8 @@ log = logging.getLogger("sample_gateway")
 
 WORKERS_ENV = "WORKBENCH_GATEWAY_WORKERS"
 BYTE_STEP = 8 * 1024 * 1024  # reserved ahead against a daily byte limit (or 1/64 of it)
+BATCH_OBJECTS = 16  # objects received while the workers are busy, handed over together
+BATCH_BYTES = 64 * 1024 * 1024  # ... and at most this much of them held waiting
 
 
 @dataclass
@@ -274,21 +276,35 @@ class Gateway:
         refusals: Counter[str] = Counter()
         warnings: Counter[str] = Counter()
         pending: set[asyncio.Future[Any]] = set()
-        window = 2 * self.workers.parallel
+        batch: list[tuple[bytes, str, str]] = []
+        batch_bytes = 0
 
         def collect(future: asyncio.Future[Any]) -> None:
-            outcome = future.result()
-            if isinstance(outcome, Delivered):
-                assert writer is not None  # objects are handed out only once it exists
-                writer.add(outcome.row)
-                progress.done += 1
-                warnings.update(outcome.warnings)
-            else:
-                progress.refused += 1
-                refusals[outcome.message] += 1
-                if outcome.log_detail:
-                    log.warning("pull %s: an object was refused (%s: %s)", pull.id, outcome.reason,
-                                outcome.log_detail)
+            for outcome in future.result():
+                if isinstance(outcome, Delivered):
+                    assert writer is not None  # objects are handed out only once it exists
+                    writer.add(outcome.row)
+                    progress.done += 1
+                    warnings.update(outcome.warnings)
+                else:
+                    progress.refused += 1
+                    refusals[outcome.message] += 1
+                    if outcome.log_detail:
+                        log.warning("pull %s: an object was refused (%s: %s)", pull.id, outcome.reason,
+                                    outcome.log_detail)
+
+        def collect_finished() -> None:
+            for future in [f for f in pending if f.done()]:
+                pending.discard(future)
+                collect(future)
+
+        def hand_over() -> None:
+            nonlocal batch, batch_bytes
+            assert writer is not None
+            pending.add(asyncio.ensure_future(self.workers.run(
+                process_batch, batch, keys, policy, writer.target, pull.id,
+            )))
+            batch, batch_bytes = [], 0
 
         try:
             keys = self.keys_for(project.id)
@@ -297,20 +313,26 @@ class Gateway:
             # Smaller series first: the first object of a series costs a full
             # de-identification (the next ones reuse it, see series_memo), and a
             # one-object series left for last would be that cost with nothing beside it.
+            # Objects that arrive while every worker is busy wait in one batch (up to
+            # BATCH_OBJECTS or BATCH_BYTES), handed over as one when a worker is free.
             for _study_key, study_uid, series_uid, _count in sorted(plan, key=lambda step: step[3]):
                 async with contextlib.aclosing(self.archive.retrieve_series(study_uid, series_uid)) as parts:
                     async for part in parts:
                         progress.received += 1
                         progress.bytes += len(part.body)
                         self._check_running_pull(pull, limits, progress, since)
-                        pending.add(asyncio.ensure_future(self.workers.run(
-                            process, part.body, part.content_type, study_uid, keys, policy,
-                            writer.target, pull.id,
-                        )))
-                        if len(pending) >= window:
+                        batch.append((part.body, part.content_type, study_uid))
+                        batch_bytes += len(part.body)
+                        collect_finished()
+                        if len(pending) >= self.workers.parallel and (
+                                len(batch) >= BATCH_OBJECTS or batch_bytes >= BATCH_BYTES):
                             finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                             for future in finished:
                                 collect(future)
+                        if len(pending) < self.workers.parallel:
+                            hand_over()
+            if batch:
+                hand_over()
             while pending:
                 finished, pending = await asyncio.wait(pending)
                 for future in finished:

@@ -1,9 +1,11 @@
 """One retrieved object to one de-identified file: the work a pull does per instance.
 
 :func:`process` is a plain function of bytes in, file and manifest row out, so it runs the
-same in a worker thread or in a worker process (:class:`Workers`). A pull hands each object
-to it as the object arrives and keeps a few in flight, so receiving, de-identifying and
-writing overlap; with processes they also use more than one core.
+same in a worker thread or in a worker process (:class:`Workers`). A pull hands an object to
+a free worker as it arrives; objects that arrive while every worker is busy wait in one
+batch (:func:`process_batch`, bounded in count and bytes) that goes to the next free
+worker. Receiving, de-identifying and writing overlap; with processes they also use more
+than one core.
 
 Before :func:`.deidentify.deidentify` runs, the top-level private elements whose VR is
 known and is neither PN nor UN are dropped (:func:`drop_private`): de-identification removes
@@ -30,7 +32,7 @@ import logging
 import multiprocessing
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -84,6 +86,15 @@ def process(body: bytes, content_type: str, study_uid: str, keys: ProjectKeys,
         return Refused("The archive sent the same image twice; it was delivered once.",
                        "duplicate_object")
     return Delivered(outcome.row, outcome.warnings)
+
+
+def process_batch(items: Sequence[tuple[bytes, str, str]], keys: ProjectKeys, policy: DeidPolicy,
+                  target: PartialFolder, pull: str = "") -> list[Delivered | Refused]:
+    """:func:`process` for each ``(body, content type, study UID)``, in order: objects that
+    arrived while the workers were busy go in one hand-over, not one each (each hand-over
+    costs the event loop's thread and the worker a wake-up)."""
+    return [process(body, content_type, study_uid, keys, policy, target, pull)
+            for body, content_type, study_uid in items]
 
 
 _OTHER_STUDY = Refused("The archive sent an object from another study; it was not delivered.",
@@ -233,4 +244,4 @@ def _ready() -> int:
 
 
 __all__ = ["Delivered", "Refused", "Workers", "culprit", "deidentified", "drop_private", "process",
-           "unreadable"]
+           "process_batch", "unreadable"]
