@@ -142,6 +142,8 @@ class SampleGateway:
         date_to: dt.date | str | None = None, description: str | None = None,
         limit: int = 50, offset: int = 0,
     ) -> list[Study]:
+        """Studies of the project's archive; dates are the shifted dates results show, and
+        the description matches the de-identified description."""
         result = self.search_page(modality=modality, date_from=date_from, date_to=date_to,
                                   description=description, limit=limit, offset=offset)
         return result[0]

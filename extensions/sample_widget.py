@@ -88,8 +88,9 @@ class SamplePicker(w.VBox):
         self.description = w.Text(description="Description", placeholder="words, e.g. thorax")
         self.modality = w.Dropdown(options=[("any", "")] + [(m, m) for m in modalities],
                                    description="Modality")
-        self.date_from = w.DatePicker(description="From")
-        self.date_to = w.DatePicker(description="To")
+        # Searched as shown: every patient's dates are shifted, and so is this range.
+        self.date_from = w.DatePicker(description="From", tooltip="a shifted date, as the results show")
+        self.date_to = w.DatePicker(description="To", tooltip="a shifted date, as the results show")
         self.search_button = w.Button(description="Search", button_style="primary", icon="search")
         self.results = w.VBox()
         self.results.add_class("workbench-results")

@@ -82,10 +82,20 @@ async def test_search_criteria_modality_description_dates(make_gateway: Callable
     assert {s["description"] for s in thorax} == {e.study_description for e in demo_archive.entries
                                                   if "THORAX" in e.study_description}
     assert [s["description"] for s in await search(gateway, description="follow-up THÓRAX")] == ["CT THORAX FOLLOW-UP"]
-    dates = sorted(e.study_date for e in demo_archive.entries)
-    first = f"{dates[0][:4]}-{dates[0][4:6]}-{dates[0][6:]}"
-    only_first = await search(gateway, date_from=first, date_to=first)
-    assert len(only_first) == len({e.study_instance_uid for e in demo_archive.entries if e.study_date == dates[0]})
+    # Dates are searched as researchers see them: shifted.
+    everything = await search(gateway)
+    shown = sorted(s["study_date"] for s in everything)
+    for day in (shown[0], shown[-1]):
+        on_day = await search(gateway, date_from=day, date_to=day)
+        assert on_day and sorted(s["study_key"] for s in on_day) == sorted(
+            s["study_key"] for s in everything if s["study_date"] == day)
+    after = await search(gateway, date_from=shown[1])
+    assert sorted(s["study_key"] for s in after) == sorted(
+        s["study_key"] for s in everything if s["study_date"] >= shown[1])
+    # The original dates find nothing their shifted dates would not (no date is shifted by 0).
+    for original in {e.study_date for e in demo_archive.entries}:
+        day = f"{original[:4]}-{original[4:6]}-{original[6:]}"
+        assert all(s["study_date"] == day for s in await search(gateway, date_from=day, date_to=day))
     assert await search(gateway, description="no such study anywhere") == []
     await gateway.aclose()
 

@@ -71,7 +71,6 @@ def test_summary_golden() -> None:
     }
     assert identity == StudyIdentity(
         study_uid=STUDY_UID, patient_id=PATIENT_ID, issuer="CPR",
-        study_description="CT THORAX Jensen 2021-03-15 ref 1234567",
     )
 
 

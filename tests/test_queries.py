@@ -7,10 +7,12 @@ import datetime as dt
 import pytest
 from pydantic import ValidationError
 
+from services.sample_gateway.pseudonyms import OFFSET_MAX_DAYS, OFFSET_MIN_DAYS
 from services.sample_gateway.queries import (
     STUDY_FIELDS,
     StudyCriteria,
     archive_safe_pattern,
+    matches_dates,
     matches_description,
     qido_study_params,
     query_string,
@@ -115,7 +117,7 @@ def test_qido_params_with_every_criterion() -> None:
                              description="Head CT (contrast)", limit=10, offset=20)
     assert qido_study_params(criteria, limit=11, offset=40) == [
         ("ModalitiesInStudy", "CT"),
-        ("StudyDate", "20200101-20201231"),
+        ("StudyDate", "20210101-20301229"),  # every original date a shift moves into 2020
         ("StudyDescription", "*contrast*"),
         *INCLUDE_FIELDS,
         ("limit", "11"),
@@ -125,10 +127,29 @@ def test_qido_params_with_every_criterion() -> None:
 
 @pytest.mark.parametrize(
     ("dates", "value"),
-    [({"date_from": "2020-03-04"}, "20200304-"), ({"date_to": "2020-03-04"}, "-20200304")],
+    [({"date_from": "2020-03-04"}, "20210305-"), ({"date_to": "2020-03-04"}, "-20300302"),
+     ({"date_to": "9999-12-01"}, "-99991231")],
 )
 def test_qido_open_date_ranges(dates: dict[str, str], value: str) -> None:
     assert qido_study_params(StudyCriteria(**dates), limit=1, offset=0)[0] == ("StudyDate", value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("offset", [OFFSET_MIN_DAYS, OFFSET_MAX_DAYS, -1000])
+def test_the_archive_is_asked_for_every_original_date_a_shift_moves_into_the_range(offset: int) -> None:
+    criteria = StudyCriteria(date_from="2020-01-01", date_to="2020-12-31")  # type: ignore[arg-type]
+    start, end = qido_study_params(criteria, limit=1, offset=0)[0][1].split("-")
+    for shown in (dt.date(2020, 1, 1), dt.date(2020, 12, 31)):
+        original = (shown - dt.timedelta(days=offset)).strftime("%Y%m%d")
+        assert start <= original <= end
+
+
+def test_dates_match_on_the_shifted_date_only() -> None:
+    criteria = StudyCriteria(date_from="2020-01-01", date_to="2020-12-31")  # type: ignore[arg-type]
+    assert matches_dates(criteria, "2020-01-01") and matches_dates(criteria, "2020-12-31")
+    assert not matches_dates(criteria, "2019-12-31") and not matches_dates(criteria, "2021-01-01")
+    assert not matches_dates(criteria, "")  # no date: not in any range
+    assert matches_dates(StudyCriteria(date_from="2020-06-01"), "2024-01-01")  # type: ignore[arg-type]
+    assert matches_dates(StudyCriteria(), "")
 
 
 def test_description_without_words_sends_no_description_filter() -> None:
@@ -140,7 +161,7 @@ def test_built_queries_pass_query_string() -> None:
     criteria = StudyCriteria(modality="MR", date_from="2020-01-01", date_to="2020-12-31",  # type: ignore[arg-type]
                              description="knee, left (MRI) – ÄØ")
     text = query_string(qido_study_params(criteria, limit=3, offset=6))
-    assert text.startswith("ModalitiesInStudy=MR&StudyDate=20200101-20201231&StudyDescription=*knee*&"
+    assert text.startswith("ModalitiesInStudy=MR&StudyDate=20210101-20301229&StudyDescription=*knee*&"
                            "includefield=StudyInstanceUID&")
     assert text.endswith("&includefield=PatientAge&limit=3&offset=6")
 

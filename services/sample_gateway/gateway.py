@@ -61,7 +61,7 @@ from .logsafety import describe_error
 from .pipeline import Delivered, Workers, process_batch
 from .previews import Previews
 from .pseudonyms import ProjectKeys, load_or_create_key
-from .queries import StudyCriteria, matches_description, search_plan
+from .queries import StudyCriteria, matches_dates, matches_description, search_plan
 from .search import Cursor, run_search
 from .state import GatewayState, Pull, StudyKey, Usage, now
 from .summaries import summarize_study
@@ -183,7 +183,9 @@ class Gateway:
             return None
         if criteria.modality and study["modalities"] and criteria.modality not in study["modalities"]:
             return None  # an archive that ignored the modality key
-        if not matches_description(criteria, identity.study_description):
+        # On what the researcher sees: never what de-identification removed (queries.py).
+        if not (matches_description(criteria, study["description"])
+                and matches_dates(criteria, study["study_date"])):
             return None
         row = StudyKey(
             project=project.id, study_key=study["study_key"], study_uid=identity.study_uid,

@@ -18,6 +18,12 @@ Archives differ in how they read query values:
   by every spelling: when all of them find nothing, the plan's last query reads the studies
   of the date and modality range without a description (a bounded scan) and filters them
   at the gateway. A search never silently returns nothing because of how the archive matches.
+
+Criteria decide on what the researcher sees, never on what de-identification removed: the
+description on the cleaned description, the dates on the shifted dates (the archive is
+asked for every original date a shift could have moved into the range). Otherwise searching
+again and again would reveal a name or number cleaned out of a description, or a study's
+original date, one guess at a time.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import unicodedata
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .pseudonyms import OFFSET_MAX_DAYS, OFFSET_MIN_DAYS
 
 STUDY_FIELDS = (
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription", "ModalitiesInStudy",
@@ -145,11 +153,38 @@ def search_plan(criteria: StudyCriteria, *, case_insensitive: bool) -> SearchPla
 
 
 def _date_range(criteria: StudyCriteria) -> str | None:
+    """What the archive is asked for: every original date that a shift could have moved
+    into the searched range (researchers search the shifted dates they see; the exact
+    range is applied here, by :func:`matches_dates`, to the shifted dates only)."""
     if not (criteria.date_from or criteria.date_to):
         return None
-    start = criteria.date_from.strftime("%Y%m%d") if criteria.date_from else ""
-    end = criteria.date_to.strftime("%Y%m%d") if criteria.date_to else ""
+    start = _plus_days(criteria.date_from, -OFFSET_MAX_DAYS) if criteria.date_from else ""
+    end = _plus_days(criteria.date_to, -OFFSET_MIN_DAYS) if criteria.date_to else ""
     return f"{start}-{end}"
+
+
+def _plus_days(day: dt.date, days: int) -> str:
+    try:
+        return (day + dt.timedelta(days=days)).strftime("%Y%m%d")
+    except OverflowError:
+        return dt.date.max.strftime("%Y%m%d")
+
+
+def matches_dates(criteria: StudyCriteria, shifted_date: str) -> bool:
+    """The exact date criterion, on the study's shifted date (ISO, as a researcher sees it).
+
+    Never on the original date: a range the archive matched against original dates would
+    let a researcher narrow a shown study's original date down to the day by searching
+    again and again. A study without a date does not match a date range.
+    """
+    if not (criteria.date_from or criteria.date_to):
+        return True
+    try:
+        day = dt.date.fromisoformat(shifted_date)
+    except ValueError:
+        return False
+    return (criteria.date_from is None or day >= criteria.date_from) and (
+        criteria.date_to is None or day <= criteria.date_to)
 
 
 def qido_params(query: StudyQuery, *, limit: int, offset: int) -> list[tuple[str, str]]:
@@ -187,7 +222,8 @@ def query_string(params: list[tuple[str, str]]) -> str:
 
 
 def matches_description(criteria: StudyCriteria, description: str | None) -> bool:
-    """The exact criterion: every word of the search appears, case- and accent-insensitive.
+    """The exact criterion: every word of the search appears, case- and accent-insensitive,
+    in the de-identified description (the one the researcher sees).
 
     Words are runs of letters and digits: punctuation and wildcards a researcher types
     (``head^ct``, ``*thorax?``) separate words and match nothing by themselves.

@@ -26,7 +26,6 @@ class StudyIdentity:
     study_uid: str
     patient_id: str
     issuer: str
-    study_description: str
 
 
 def summarize_study(item: dict[str, Any], keys: ProjectKeys) -> tuple[dict[str, Any], StudyIdentity] | None:
@@ -38,7 +37,6 @@ def summarize_study(item: dict[str, Any], keys: ProjectKeys) -> tuple[dict[str, 
         study_uid=study_uid,
         patient_id=str(original.get("PatientID", "") or ""),
         issuer=str(original.get("IssuerOfPatientID", "") or ""),
-        study_description=str(original.get("StudyDescription", "") or ""),
     )
     clean = deidentify(original, keys, _SUMMARY_POLICY).dataset
     modalities = original.get("ModalitiesInStudy", [])
