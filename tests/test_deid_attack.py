@@ -452,3 +452,73 @@ def test_the_report_names_attributes_never_values(victim) -> None:
     counts = report["counts"]
     assert counts["code_string_emptied"] == counts["number_emptied"] == 1
     assert counts["kept_text_cleaned"] == 2 and counts["identifying_value_removed"] == 1
+
+
+# ---------------------------------------------------------------------------
+# A second trial: text written under another VR, and byte strings of their own format
+
+
+def _reread(ds: Dataset) -> Dataset:
+    """Written and read back, so each element has the explicit VR it was written with."""
+    return pydicom.dcmread(io.BytesIO(_written(ds)))
+
+
+@pytest.mark.parametrize(("tag", "vr"), [
+    (0x00081030, "OB"), (0x00081030, "OW"), (0x00081030, "FD"), (0x00081030, "UL"),  # StudyDescription
+    (0x00080070, "OB"),  # Manufacturer (safe text)
+    (0x00280030, "OB"),  # PixelSpacing (DS, not in Table E.1-1)
+    (0x00089999, "OB"),  # a public tag no dictionary defines
+    (0x00200037, "UT"),  # ImageOrientationPatient (DS) as free text
+])
+def test_identifying_text_under_another_vr_is_removed(victim, tag: int, vr: str) -> None:
+    """As an explicit-VR file with that VR reads (the element as read, undecoded)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    payload = f"{SURNAME.upper()}^{GIVEN} {CPR}".encode("latin-1").ljust(32, b" ")
+    victim[tag] = RawDataElement(Tag(tag), vr, len(payload), payload, 0, False, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = deid(victim)
+    assert tag not in out
+    assert leaks(out, *IDENTITY) == []
+
+
+def test_byte_strings_of_their_own_format_are_removed_at_any_depth(victim) -> None:
+    item = Dataset()
+    item.HPGLDocument = b"IN;LB" + f"{SURNAME} {CPR}".encode() + b"\x03;"
+    item.HPGLDocumentID = 1
+    victim.HPGLDocumentSequence = Sequence([item])
+    victim.ICCProfile = b"\x00\x00\x02\x0cacsp sRGB profile "  # kept: colour needs it
+    out = deid(_reread(victim))
+    assert "HPGLDocument" not in out.HPGLDocumentSequence[0]
+    assert out.ICCProfile == victim.ICCProfile
+    assert leaks(out, *IDENTITY) == []
+
+
+def test_text_vrs_screened_alike_may_stand_for_each_other(victim) -> None:
+    from pydicom.dataelem import DataElement
+
+    del victim.StudyDescription
+    victim.add(DataElement(0x00081030, "SH", f"CT THORAX {SURNAME}"))  # LO by the dictionary
+    victim.add(DataElement(0x00180050, "IS", "5"))  # SliceThickness is DS
+    out = deid(_reread(victim))
+    assert out.StudyDescription == "CT THORAX" and out.SliceThickness == 5
+
+
+@pytest.mark.parametrize("value", [CPR, f"{SURNAME}^{GIVEN}", f"045Y {SURNAME}", "45 years"])
+def test_an_age_that_is_not_an_age_is_not_kept(victim, value: str) -> None:
+    from pydicom.dataelem import DataElement
+
+    victim.PatientBirthDate = ""
+    victim.add(DataElement(0x00101010, "AS", value))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = deid(victim, DeidPolicy(retain_patient_characteristics=True))
+    assert str(out.get("PatientAge", "")) == ""
+    assert leaks(out, *IDENTITY) == []
+
+
+def test_a_valid_age_is_kept(victim) -> None:
+    victim.PatientAge = "045Y"
+    assert deid(victim, DeidPolicy(retain_patient_characteristics=True)).PatientAge == "045Y"

@@ -544,7 +544,8 @@ def test_fail_closed_for_unknown_and_unlisted_text() -> None:
     assert "ContentDescription" not in out
     assert out.Manufacturer == "ACME" and out.ConvolutionKernel == "B30f"
     assert list(out.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"]
-    assert result.report.counts["fail_closed_removed"] == 2
+    assert result.report.counts["fail_closed_removed"] == 1  # ContentDescription
+    assert result.report.counts["opaque_removed"] == 1  # the undefined (00F0,1234), unread
     assert b"Hansen" not in write(out)
 
 

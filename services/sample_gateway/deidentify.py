@@ -11,6 +11,11 @@ Rules, in the order they apply to every element at every depth:
 1. group lengths, command (0000) and stray file meta (0002) elements: removed;
 2. private elements (odd groups): removed, with their sequences;
 3. curve (50xx) and overlay (60xx) groups: removed (Annex E removes Overlay Data);
+   so is, unread, a public attribute pydicom's dictionary does not know and a byte
+   string (OB) outside Table E.1-1 but the ICC profile (an HPGL drawing's labels, a
+   record key: formats of their own that can carry text); and an element whose VR as
+   read is not one its attribute allows (a name written as OB or FD would otherwise be
+   kept as binary numbers; VRs screened alike, LO and SH, IS and DS, stand for each other);
 4. PatientID and PatientName: the patient pseudonym; AccessionNumber: a keyed
    accession pseudonym; PatientBirthDate: emptied;
 5. an attribute listed in Table E.1-1: its action, options applied
@@ -28,7 +33,8 @@ Rules, in the order they apply to every element at every depth:
    (:class:`IdentifyingScreen`: the record's names, IDs and institution words, in
    any Unicode form, and dates, CPR-like numbers, e-mail addresses, IDs): text is
    cleaned; a code string value (CS) is emptied, a number (IS, DS, TM) emptied, a
-   URL removed, rather than edited into another valid-looking value; a code of the
+   URL removed, an age (AS) that is not three digits and a unit emptied, rather than
+   edited into another valid-looking value; a code of the
    standard (pydicom's concept dictionary) stays whole, any other code value,
    designator or version is removed when it identifies.
 
@@ -164,6 +170,7 @@ CLASS_UID_KEYWORDS = frozenset(
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "PN", "AE", "UR", "UN"})
 _CLEANED_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 _BINARY_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
+_AGE = re.compile(r"\d{3}[DWMY]")
 _MAX_LENGTH = {"SH": 16, "LO": 64, "CS": 16, "AE": 16, "ST": 1024, "LT": 10240, "PN": 64}
 DUMMY_TEXT = "ANONYMIZED"
 
@@ -735,6 +742,41 @@ _PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*")
 
 _Converter = Callable[[Dataset, int, list[str]], "DataElement | None"]
 
+#: VRs that are all screened the same way, so one written as another is read as written.
+_INTERCHANGEABLE_VRS = (frozenset({"LO", "SH", "ST", "LT", "UT", "UC"}), frozenset({"IS", "DS"}))
+
+#: Public byte-string (OB) attributes outside Table E.1-1 that are kept: the ICC colour
+#: profile (needed to show colour right). Any other holds bytes of its own format that can
+#: carry text (an HPGL drawing's labels, a record key, encrypted content): removed.
+_KEPT_BYTE_STRINGS = frozenset({0x00282000})  # ICCProfile
+
+
+@lru_cache(maxsize=4096)
+def _opaque(tag: int) -> bool:
+    """A public attribute the profile cannot judge, removed unread (fail closed): one that
+    pydicom's dictionary does not know, or a byte string (:data:`_KEPT_BYTE_STRINGS`)."""
+    if BaseTag(tag).is_private:
+        return False
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return True
+    return vr == "OB" and tag not in _KEPT_BYTE_STRINGS and annex_e.lookup(tag) is None
+
+
+@lru_cache(maxsize=4096)
+def _vr_fits(tag: int, vr: str) -> bool:
+    """Whether a VR as read is one the dictionary allows the attribute (or screened the
+    same way as one it allows)."""
+    try:
+        expected = dictionary_VR(tag)
+    except KeyError:
+        return True  # private: its rules are elsewhere
+    allowed = set(expected.split(" or "))
+    if vr == expected or vr in allowed:
+        return True
+    return any(vr in same and allowed <= same for same in _INTERCHANGEABLE_VRS)
+
 #: VRs whose value is binary numbers, never text, with the size of one number: such a
 #: value is kept by the profile as it is (rule 6, "anything else ... kept") unless its
 #: attribute is listed in Table E.1-1.
@@ -908,6 +950,11 @@ class _Deidentifier:
             return None
         if elem is None:
             return None
+        if not _vr_fits(int(tag), elem.VR):
+            # A name written as OB, a description as FD: the rules for the VR as read would
+            # keep it unread. Fail closed: the value is not what its attribute holds.
+            self.report.count("unexpected_vr_removed", _name(tag))
+            return None
         new = self.element(elem, source, encodings, depth)
         if new is None:
             return None
@@ -926,6 +973,9 @@ class _Deidentifier:
             return True
         if annex_e.is_repeating_group(tag):
             self.report.count("repeating_group_removed", f"{tag.group:04X}xxxx")
+            return True
+        if _opaque(int(tag)):
+            self.report.count("opaque_removed", _name(tag))
             return True
         return False
 
@@ -1139,6 +1189,8 @@ class _Deidentifier:
             return self._keep_numbers(elem)
         if vr == "UR":
             return self._keep_whole(elem, long_digits=True)
+        if vr == "AS":
+            return self._keep_age(elem)
         if vr in _TEXT_VRS:  # PN, AE, UN: never kept
             self.report.count("fail_closed_removed", elem.keyword or str(elem.tag))
             return None
@@ -1172,6 +1224,14 @@ class _Deidentifier:
         if not any(kept):
             return DataElement(elem.tag, "CS", "")
         return DataElement(elem.tag, "CS", kept if len(kept) > 1 else kept[0])
+
+    def _keep_age(self, elem: DataElement) -> DataElement:
+        """An age is three digits and a unit (``045Y``); anything else in an AS (an ID, a
+        name, a note) is emptied, never kept (the age is then computed, if it can be)."""
+        if all(_AGE.fullmatch(str(v)) for v in _values(elem.value)):
+            return self._copy(elem)
+        self.report.cleaned.add(elem.keyword or str(elem.tag))
+        return self._empty(elem, outcome="age_emptied")
 
     def _keep_numbers(self, elem: DataElement) -> DataElement:
         if any(self.screen.number_hits(str(v)) for v in _values(elem.value)):
