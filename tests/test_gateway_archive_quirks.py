@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from services.sample_gateway.archive import ArchiveSettings, DicomWebArchive
 from services.sample_gateway.audit import AuditLog, verify
 from services.sample_gateway.errors import ArchiveTimeout
 from services.sample_gateway.gateway import Gateway
+from services.sample_gateway.logsafety import configure_logging
 from services.sample_gateway.queries import StudyCriteria
 from services.sample_gateway.state import GatewayState
 from tests.fixtures.fake_dicomweb import FakeArchive, serve
@@ -268,13 +270,20 @@ async def test_an_object_of_another_study_is_never_delivered(tmp_path: Path) -> 
         assert other.uid not in "".join(p.read_bytes().hex() for p in folder.rglob("*.dcm"))
 
 
-async def test_a_pull_that_stalls_times_out_and_leaves_nothing(tmp_path: Path) -> None:
+async def test_a_pull_that_stalls_times_out_and_leaves_nothing(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeArchive(stall_after_parts=2)
-    fake.add_study("CT THORAX", [("CT_small.dcm", "axial", 4)])
+    study = fake.add_study("CT THORAX", [("CT_small.dcm", "axial", 4)])
+    configure_logging()  # as the gateway process does at start
     async with gateway_for(fake, tmp_path) as gateway:
         studies = (await search(gateway))["studies"]
         started = time.monotonic()
-        done = await pull(gateway, [studies[0]["study_key"]])
+        with caplog.at_level(logging.INFO):
+            done = await pull(gateway, [studies[0]["study_key"]])
+        # The log says what failed, not which study: the archive's UIDs identify.
+        gateway_lines = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("tornado"))
+        assert "ReadTimeout" in gateway_lines and "studies/\u2026/series/\u2026" in gateway_lines
+        assert study.uid not in gateway_lines and study.series[0].uid not in gateway_lines
         assert time.monotonic() - started < 4
         assert done["status"] == "failed" and done["error"]["reason"] == "archive_timeout"
         assert "did not answer within 1 s" in done["error"]["message"]

@@ -305,6 +305,9 @@ async def test_an_unreadable_object_is_refused_alone_and_its_value_never_logged(
         assert len(manifest["instances"]) == 2
         out, err = capfd.readouterr()
         assert "Hansen" not in caplog.text + out + err
+        # httpx would log every WADO-RS URL (tornado's lines are the fake archive's own)
+        gateway_lines = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("tornado"))
+        assert study.uid not in gateway_lines + out + err and "HTTP Request" not in gateway_lines
         assert "NumberOfFrames" in caplog.text  # the admins learn which attribute
         assert "Hansen" not in gateway.audit.path.read_text()
 

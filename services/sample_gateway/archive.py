@@ -15,6 +15,7 @@ header (PS3.18 8.3.4.5); :class:`.integration.StudyPage` reports it as ``more``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +95,7 @@ class DicomWebArchive:
         if len(parts) != 1:
             raise ArchiveUnavailable(
                 f"{self.settings.name} answered {len(parts)} objects for one instance.",
-                log_message=f"WADO-RS {path}: {len(parts)} parts",
+                log_message=f"WADO-RS {_for_log(path)}: {len(parts)} parts",
             )
         return parts[0]
 
@@ -113,12 +114,12 @@ class DicomWebArchive:
             except ValueError:
                 raise ArchiveUnavailable(
                     f"{self.settings.name} answered a search with something that is not DICOM JSON.",
-                    log_message=f"QIDO {path}: not JSON",
+                    log_message=f"QIDO {_for_log(path)}: not JSON",
                 ) from None
             if not isinstance(body, list):
                 raise ArchiveUnavailable(
                     f"{self.settings.name} answered a search with an unexpected document.",
-                    log_message=f"QIDO {path}: {type(body).__name__}",
+                    log_message=f"QIDO {_for_log(path)}: {type(body).__name__}",
                 )
             return body, response
 
@@ -144,7 +145,7 @@ class DicomWebArchive:
                     raise ArchiveUnavailable(
                         f"{self.settings.name} ended the transfer early; nothing from this pull "
                         "was delivered. Try again.",
-                        log_message=f"WADO-RS {path}: {exc}",
+                        log_message=f"WADO-RS {_for_log(path)}: {exc}",
                     ) from None
 
     def _check(self, response: httpx.Response, path: str) -> None:
@@ -160,7 +161,7 @@ class DicomWebArchive:
             message = f"{self.settings.name} no longer has an object you selected; search again."
         else:
             message = f"{self.settings.name} failed to answer (HTTP {status}); try again later."
-        raise ArchiveUnavailable(message, log_message=f"{path}: HTTP {status}")
+        raise ArchiveUnavailable(message, log_message=f"{_for_log(path)}: HTTP {status}")
 
     def _errors(self, path: str) -> _ArchiveErrors:
         return _ArchiveErrors(self.settings, path)
@@ -171,7 +172,7 @@ class _ArchiveErrors:
 
     def __init__(self, settings: ArchiveSettings, path: str) -> None:
         self.settings = settings
-        self.path = path
+        self.path = _for_log(path)
 
     async def __aenter__(self) -> None:
         return None
@@ -191,6 +192,15 @@ class _ArchiveErrors:
             "workbench admins.",
             log_message=f"{self.path}: {type(exc).__name__}: {exc}",
         ) from None
+
+
+_UID_STEP = re.compile(r"(?<=/)[0-9.]+(?=/|$)")
+
+
+def _for_log(path: str) -> str:
+    """``studies/1.2.3/series/4.5.6`` -> ``studies/…/series/…``: the archive's UIDs are
+    identifying (they find the patient in the archive) and stay out of the gateway log."""
+    return _UID_STEP.sub("\u2026", path)
 
 
 def _uid(value: str) -> str:

@@ -221,7 +221,7 @@ class DimseArchive:
             classes = sorted({str(ds.get("SOPClassUID", "")) for ds in found} - {""})
             if not classes:
                 raise ArchiveUnavailable(f"{self.name} no longer has an object you selected; search again.",
-                                         log_message=f"C-FIND IMAGE {sop_uid}: no SOP class")
+                                         log_message="C-FIND IMAGE: no SOP class for the instance")
             stream = self._stream(lambda sink, stop: self._get(identifier, classes, sink, stop))
         parts = [part async for part in stream]
         if len(parts) != 1:

@@ -5,7 +5,9 @@ a value read from an object. Two things would still carry values into the log:
 
 - pydicom's warnings ("Invalid value for VR IS: 'Hansen'"), sent to its logger and through
   :mod:`warnings`;
-- exception messages in tracebacks (``int('Hansen')``), from any logger with ``exc_info``.
+- exception messages in tracebacks (``int('Hansen')``), from any logger with ``exc_info``;
+- httpx's request lines (a WADO-RS URL holds the archive's study and series UIDs): its
+  loggers are set to warnings and above, and the gateway's own lines name ``studies/…``.
 
 :func:`configure_logging` (the gateway process at start, each worker process) sends warnings
 through logging and puts :class:`NoDicomValues` on the root handlers: quoted text in
@@ -63,6 +65,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     through logging, :class:`NoDicomValues` on every root handler. Safe to call again."""
     logging.basicConfig(level=level, format=FORMAT)
     logging.captureWarnings(True)
+    # httpx logs every request's URL at INFO: a WADO-RS URL holds the archive's UIDs.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, NoDicomValues) for f in handler.filters):
             handler.addFilter(NoDicomValues())
