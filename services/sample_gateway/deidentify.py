@@ -229,6 +229,12 @@ class UnsupportedObject(DeidError):
     reason = "unsupported_object"
 
 
+class ModalityNotApproved(DeidError):
+    """The object's modality is not one the project's approval covers (or it has none)."""
+
+    reason = "modality_not_approved"
+
+
 @dataclass(frozen=True)
 class DeidPolicy:
     """What a project's approval allows.
@@ -244,6 +250,9 @@ class DeidPolicy:
     """
 
     allow_burned_in_annotation: bool = False
+    #: The modalities the approval covers (None: any). Checked on each object, not only on
+    #: the archive's series records, which may lack a modality or disagree with the objects.
+    modalities: frozenset[str] | None = None
     keep_descriptors: frozenset[str] = DEFAULT_KEEP_DESCRIPTORS
     retain_patient_characteristics: bool = True
     use_issuer_of_patient_id: bool = False
@@ -252,6 +261,8 @@ class DeidPolicy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_descriptors", frozenset(self.keep_descriptors))
+        if self.modalities is not None:
+            object.__setattr__(self, "modalities", frozenset(self.modalities))
         for keyword in self.keep_descriptors:
             tag = tag_for_keyword(keyword)
             if tag is None:
@@ -1429,6 +1440,14 @@ def deidentify_with_rules(
             "DICOMDIR files are not delivered: the gateway writes its own manifest.",
             log_message="refused: a DICOMDIR (its Referenced File IDs can hold patient IDs)",
         )
+    if policy.modalities is not None:
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        if modality not in policy.modalities:
+            raise ModalityNotApproved(
+                "This image's modality is not one the project's approval covers "
+                f"({', '.join(sorted(policy.modalities))}); it was not delivered.",
+                log_message="refused: modality not approved" + ("" if modality else " (none given)"),
+            )
     risk = burned_in_risk(ds)
     if risk and not policy.allow_burned_in_annotation:
         raise BurnedInAnnotationRefused(

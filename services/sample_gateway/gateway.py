@@ -104,7 +104,9 @@ class Gateway:
         return ProjectKeys(load_or_create_key(self.keys_dir / f"{project_id}.key"), project_id)
 
     def policy_for(self, project: Project) -> DeidPolicy:
-        return DeidPolicy(allow_burned_in_annotation=project.archive.allow_burned_in_annotation)
+        modalities = project.archive.modalities
+        return DeidPolicy(allow_burned_in_annotation=project.archive.allow_burned_in_annotation,
+                          modalities=frozenset(modalities) if modalities is not None else None)
 
     def projects_for(self, username: str) -> list[dict[str, Any]]:
         config, today = self.config(), self.today()
@@ -245,8 +247,9 @@ class Gateway:
         for key, row in studies:
             for series in await self.archive.find_series(row.study_uid):
                 modality = _first(series, "00080060")
-                if modality and not access.allowed_modalities(project, [modality]):
-                    continue
+                if project.archive.modalities is not None and not access.allowed_modalities(
+                        project, [modality] if modality else []):
+                    continue  # not approved, or no modality to judge (each object is checked too)
                 count = _int(_first(series, "00201209"))
                 plan.append((key, row.study_uid, _first(series, "0020000E"), count))
         total = sum(count for *_, count in plan)
