@@ -522,3 +522,25 @@ def test_an_age_that_is_not_an_age_is_not_kept(victim, value: str) -> None:
 def test_a_valid_age_is_kept(victim) -> None:
     victim.PatientAge = "045Y"
     assert deid(victim, DeidPolicy(retain_patient_characteristics=True)).PatientAge == "045Y"
+
+
+@pytest.mark.parametrize(
+    ("charset", "name", "text", "gone"),
+    [
+        ("ISO_IR 192", "Wang^Xiaodong=王^小东", "胸部CT王小东", "王小东"),
+        ("GB18030", "Wang^Xiaodong=王^小东", "王小东 胸部CT", "王小东"),
+        ("ISO_IR 192", "Yamada^Tarou=山田^太郎=やまだ^たろう", "山田太郎様 胸部CT", "山田太郎"),
+        ("ISO_IR 192", "Yamada^Tarou=山田^太郎", "胸部CT山田様", "山田"),
+        ("ISO_IR 192", "Hong^Gildong=洪^吉洞=홍^길동", "흉부CT 홍길동님", "홍길동"),
+    ],
+)
+def test_names_in_scripts_without_spaces_are_found_inside_text(victim, charset: str, name: str,
+                                                              text: str, gone: str) -> None:
+    victim.SpecificCharacterSet = charset
+    victim.PatientName = name
+    victim.StudyDescription = text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = _reread(deid(_reread(victim)))
+    assert gone not in str(out.get("StudyDescription", ""))
+    assert "CT" in str(out.get("StudyDescription", ""))  # the rest of the description stays

@@ -460,6 +460,10 @@ _CPR = re.compile(r"(?<!\d)(?:0[1-9]|[12]\d|3[01])(?:0[1-9]|1[0-2])\d{2}-?\d{4}(
 _EMAIL = re.compile(r"\S+@\S+")
 _SHAPES = (*_DATE_PATTERNS, _CPR, _EMAIL)
 _TOKEN = re.compile(r"[^\W_]+")
+#: Scripts written without spaces between words (Han, kana, and Hangul, whose names take
+#: honorifics and particles without a space): a name in them has no word boundary to find.
+_UNSPACED = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
+                       "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f]")
 _DIGITS = re.compile(r"\d+")
 _SEPARATORS = " \t-_,;:/|^.+"
 _LONG_DIGITS = 5
@@ -494,15 +498,16 @@ def _folded_with_owners(text: str) -> tuple[str, list[int] | None]:
 
 def _term_pattern(folded_term: str) -> str | None:
     """A term as a whole word: a letter may not touch a letter at either end, a digit
-    may not touch a digit.  Its words (two characters or more each) may be separated
+    may not touch a digit; an end in a script written without spaces (Han, kana, Hangul)
+    may touch anything ("胸部CT王小东").  Its words (two characters or more each) may be separated
     by any separators ("Jens Peter", "Jens-Peter"); a term with a one-character word
     ("1,0", "S. R.") matches only as written."""
     words = [w for w in re.split(r"[\W_]+", folded_term) if w]
     if not words:
         return None
     first, last = words[0][0], words[-1][-1]
-    before = r"(?<!\d)" if first.isdigit() else r"(?<![^\W\d_])"
-    after = r"(?!\d)" if last.isdigit() else r"(?![^\W\d_])"
+    before = r"(?<!\d)" if first.isdigit() else "" if _UNSPACED.match(first) else r"(?<![^\W\d_])"
+    after = r"(?!\d)" if last.isdigit() else "" if _UNSPACED.match(last) else r"(?![^\W\d_])"
     if min(len(w) for w in words) >= 2:
         body = r"[\W_]+".join(re.escape(w) for w in words)
     else:
@@ -695,6 +700,10 @@ def _record_identifiers(ds: Dataset, convert: _Converter | None = None) -> tuple
                     if len(part) >= 2:
                         terms.add(part)
                     terms.update(w for w in _TOKEN.findall(part) if len(w) >= 2)
+                for group in text.split("="):  # 山田^太郎 is written 山田太郎
+                    joined = "".join(c.strip() for c in group.split("^")[:2])
+                    if len(joined) >= 2 and _UNSPACED.search(joined):
+                        terms.add(joined)
         elif elem.VR in ("DA", "DT"):
             dates.update(d for d in (str(v).strip()[:8] for v in _values(elem.value))
                          if len(d) == 8 and d.isdigit())
