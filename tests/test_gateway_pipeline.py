@@ -205,3 +205,29 @@ def test_binary_values_with_an_unexpected_vr_or_length_take_the_ordinary_way() -
     assert not isinstance(out.get_item(0x00280010), RawDataElement)
     assert not isinstance(out.get_item(0x00280011), RawDataElement)
     assert isinstance(out.get_item("BitsAllocated"), RawDataElement)
+
+
+async def test_a_worker_that_died_while_idle_costs_no_work(tmp_path: Path) -> None:
+    """Killed between pulls (out of memory, an admin): the next pull gets a fresh pool
+    rather than failing before it handed anything over (an adversarial trial)."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    workers = Workers(2)
+    try:
+        workers.warm_up()
+        pids = {await workers.run(os.getpid) for _ in range(8)}
+        victim = psutil.Process(next(iter(pids)))
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(5)
+        time.sleep(0.5)  # the pool's manager thread notices the death
+        body, content_type, study = source()
+        outcome = await workers.run(process, body, content_type, study, KEYS, POLICY,
+                                    PullWriter(tmp_path, "after").target)
+        assert isinstance(outcome, Delivered)
+        assert victim.pid not in {await workers.run(os.getpid) for _ in range(8)}
+    finally:
+        workers.shutdown()

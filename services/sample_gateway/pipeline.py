@@ -227,7 +227,15 @@ class Workers:
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._get(), function, *args)
+            future = loop.run_in_executor(self._get(), function, *args)
+        except BrokenProcessPool:
+            # A worker died while the pool was idle (killed, out of memory): nothing of this
+            # pull was handed to it, so a fresh pool takes the work.
+            log.warning("a de-identification worker process had died; starting a new pool")
+            self.shutdown()
+            future = loop.run_in_executor(self._get(), function, *args)
+        try:
+            return await future
         except BrokenProcessPool:
             log.error("a de-identification worker process died; starting a new pool")
             self.shutdown()
