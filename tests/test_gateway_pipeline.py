@@ -212,7 +212,6 @@ async def test_a_worker_that_died_while_idle_costs_no_work(tmp_path: Path) -> No
     rather than failing before it handed anything over (an adversarial trial)."""
     import os
     import signal
-    import time
 
     import psutil
 
@@ -223,7 +222,7 @@ async def test_a_worker_that_died_while_idle_costs_no_work(tmp_path: Path) -> No
         victim = psutil.Process(next(iter(pids)))
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(5)
-        time.sleep(0.5)  # the pool's manager thread notices the death
+        await asyncio.sleep(0.5)  # the pool's manager thread notices the death
         body, content_type, study = source()
         outcome = await workers.run(process, body, content_type, study, KEYS, POLICY,
                                     PullWriter(tmp_path, "after").target)
