@@ -308,6 +308,8 @@ def test_anchors_catch_a_rewritten_or_shortened_chain(tmp_path: Path) -> None:
     assert verify(path).ok
     result = verify(path, anchors)
     assert not result.ok and "cut short" in result.problem
+    assert str(result) == ("audit chain broken: the file ends after record 2, but record 3 has an "
+                           "anchor (the file was cut short)")
     # Rewritten: change record 2 and recompute every hash after it.
     path.write_text("".join(lines))
     rewritten, previous = [], GENESIS
@@ -323,6 +325,16 @@ def test_anchors_catch_a_rewritten_or_shortened_chain(tmp_path: Path) -> None:
     assert verify(path).ok
     result = verify(path, anchors)
     assert not result.ok and result.first_bad == 3 and "anchor" in result.problem
+
+
+def test_an_anchor_needs_the_whole_hash(chain: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A shortened hash (as an example shows it) is refused as such, not reported as tampering."""
+    from services.sample_gateway.audit import verify
+
+    seq, digest = verify(chain).head.split(":")
+    assert main(["verify", str(chain), "--anchor", f"{seq}:{digest[:8]}"]) == 2
+    assert "64 hexadecimal digits" in capsys.readouterr().err
+    assert main(["verify", str(chain), "--anchor", f"{seq}:{digest.upper()}"]) == 0
 
 
 def test_a_duplicate_key_is_a_forged_line(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +237,8 @@ class Verification:
     def __str__(self) -> str:
         if self.ok:
             return f"audit chain intact: {self.records} records"
+        if self.first_bad is None:
+            return f"audit chain broken: {self.problem}"
         return f"audit chain broken at record {self.first_bad}: {self.problem}"
 
 
@@ -296,8 +299,12 @@ def verify(path: Path, anchors: dict[int, str] | None = None) -> Verification:
     if anchors:
         missing = min(anchors)
         return Verification(False, count, None,
-                            f"record {missing} of the anchors is missing (the file was cut short)")
+                            f"the file ends after record {count}, but record {missing} has an anchor "
+                            "(the file was cut short)")
     return Verification(True, count, head=f"{count}:{previous}")
+
+
+_FULL_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,11 +318,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="a record's hash as the gateway log recorded it (repeatable)")
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-        anchors = {int(seq): digest for seq, digest in (a.split(":", 1) for a in args.anchor)}
+        anchors = {}
+        for anchor in args.anchor:
+            seq, _, digest = anchor.strip().partition(":")
+            if not (seq.isdigit() and _FULL_HASH.fullmatch(digest.lower())):
+                raise ValueError(anchor)
+            anchors[int(seq)] = digest.lower()
     except SystemExit:
         return 2
     except ValueError:
-        print("an anchor is SEQ:HASH, e.g. 42:3f2a...", file=sys.stderr)
+        print("an anchor is SEQ:HASH with the record's whole hash (64 hexadecimal digits) as the "
+              "gateway log's 'audit anchor' line shows it; a shortened hash cannot be checked",
+              file=sys.stderr)
         return 2
     try:
         result = verify(args.audit_file, anchors)
