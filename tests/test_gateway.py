@@ -355,6 +355,7 @@ async def test_a_member_deletes_a_delivered_pull_audited_and_still_counted(make_
 
     deleted = await gateway.delete_pull("anna", done["id"])
     assert deleted["status"] == "deleted" and not folder.exists()
+    assert deleted["path"] is None and gateway.pull_status("anna", done["id"])["path"] is None
     assert (gateway.storage.project_dir("magi") / "samples").is_dir()  # only that pull went
     assert gateway.state.usage_since("magi", since) == used  # deleting frees no daily allowance
     actions = [(r["action"], r.get("outcome")) for r in gateway.audit.records() if r.get("pull") == done["id"]]

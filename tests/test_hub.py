@@ -176,6 +176,10 @@ def test_gateway_service_needs_a_hub_token_with_access(hub: RunningHub) -> None:
     bad = httpx.post(url + "search", json={"project": "magi", "criteria": {"modality": "C T;"}},
                      headers={"Authorization": f"token {anna}"})
     assert bad.status_code == 422 and "modality" in bad.json()["error"]["message"]
+    unnamed = httpx.get(url + "pulls", headers={"Authorization": f"token {anna}"})
+    assert unnamed.status_code == 422 and "'project' is missing" in unnamed.json()["error"]["message"]
+    listed = httpx.get(url + "pulls?project=magi", headers={"Authorization": f"token {anna}"})
+    assert listed.status_code == 200 and "pulls" in listed.json()
 
 
 def test_hub_refuses_to_start_with_an_invalid_configuration(tmp_path: Path) -> None:

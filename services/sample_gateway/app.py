@@ -122,8 +122,8 @@ class _Handler(HubAuthenticated, web.RequestHandler):
 
     def _handle_request_exception(self, e: BaseException) -> None:
         if isinstance(e, GatewayError):
-            log.warning("%s %s by %s: %s", self.request.method, self.request.path,
-                        (self.current_user or {}).get("name"), e.log_message)
+            who = (self.current_user or {}).get("name") or "someone not signed in"
+            log.warning("%s %s by %s: %s", self.request.method, self.request.path, who, e.log_message)
             self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
             return
         super()._handle_request_exception(e)
@@ -166,7 +166,7 @@ class PullsHandler(_Handler):
         self.send(pull, status=202)
 
     def get(self) -> None:
-        project = self.get_query_argument("project", "")
+        project = _project_field({"project": self.get_query_argument("project", "")})
         self.send({"pulls": self.gateway.list_pulls(self.username, project)})
 
 

@@ -91,7 +91,7 @@ class Pull(Base):
             "instances_refused": self.instances_refused,
             "bytes": self.bytes_received,
             "error": {"message": self.error, "reason": self.error_reason} if self.error else None,
-            "path": self.path,
+            "path": self.path if self.status != "deleted" else None,  # no folder there now
         }
 
 
