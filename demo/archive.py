@@ -567,6 +567,7 @@ def build_archive(
             source_ds = sources[series.source]
             uids, words = _source_identifiers(source_ds)
             template = copy.deepcopy(source_ds)
+            plain_pixels = template.pixel_array if series.slices > 1 else None
             if series.recode is not None:
                 template.compress(series.recode)
             series_uid = _uid(seed, "series", study.accession, number)
@@ -583,11 +584,14 @@ def build_archive(
                 ds.SeriesNumber = number
                 ds.InstanceNumber = k + 1
                 ds.SeriesDescription = series.description
-                if series.slices > 1 and series.recode is None and k:
+                if plain_pixels is not None and k:
                     # One source image for every slice, but not the same pixels in each (as
                     # in a real series): the values shifted by the slice number.
-                    pixels = template.pixel_array
-                    ds.PixelData = (pixels + np.asarray(k, pixels.dtype)).astype(pixels.dtype).tobytes()
+                    shifted = (plain_pixels + np.asarray(k, plain_pixels.dtype)).astype(plain_pixels.dtype)
+                    if series.recode is None:
+                        ds.PixelData = shifted.tobytes()
+                    else:
+                        ds.compress(series.recode, shifted, generate_instance_uid=False)
                 if series.slices > 1:
                     ipp = _stepped_position(source_ds, k, series.slice_step_mm)
                     ds.ImagePositionPatient = ipp

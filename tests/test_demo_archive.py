@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.uid import RLELossless
 
 from demo.archive import (
     BENCHMARK_SERIES_LENGTH,
@@ -106,6 +107,13 @@ def test_benchmark_series_has_50_consistently_stepped_instances(demo_archive: De
     follow_up = [e for e in demo_archive.entries
                  if e.patient_id == series[0].patient_id and e.series_description == "CT Thorax 5 mm RLE"]
     assert len(follow_up) == 20
+    # Every slice its own pixels (one source image, values shifted), compressed or not.
+    for slices in (series, follow_up):
+        first = sorted(slices, key=lambda e: e.path)[:3]
+        arrays = [_read(demo_archive, e).pixel_array.astype(int) for e in first]
+        assert not np.array_equal(arrays[0], arrays[1]) and not np.array_equal(arrays[1], arrays[2])
+        assert np.array_equal(arrays[1] - arrays[0], np.ones_like(arrays[0]))
+    assert str(_read(demo_archive, follow_up[1], stop_before_pixels=True).file_meta.TransferSyntaxUID) == RLELossless
     assert follow_up[0].study_instance_uid != series[0].study_instance_uid
     assert follow_up[0].frame_of_reference_uid != series[0].frame_of_reference_uid
 
