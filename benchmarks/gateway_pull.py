@@ -433,7 +433,7 @@ def deidentification_rates(files: list[bytes], repeat: int) -> dict[str, float]:
 def _prepared(prepared: dict[bytes, tuple[bytes, Any]]) -> Iterator[None]:
     """A pull's per-object work (in the gateway's thread) replaced by writing the file made
     for that object beforehand (made on first sight: run the pull once untimed)."""
-    import services.sample_gateway.gateway as gateway_module
+    import services.sample_gateway.pipeline as pipeline_module  # process_batch calls its process
 
     def write_prepared(body: bytes, content_type: str, study_uid: str, keys: ProjectKeys,
                        policy: DeidPolicy, target: Any, pull_id: str = "") -> Delivered:
@@ -444,12 +444,12 @@ def _prepared(prepared: dict[bytes, tuple[bytes, Any]]) -> Iterator[None]:
         store_instance(target, row.file, data)
         return Delivered(row)
 
-    original = gateway_module.process
-    gateway_module.process = write_prepared
+    original = pipeline_module.process
+    pipeline_module.process = write_prepared
     try:
         yield
     finally:
-        gateway_module.process = original
+        pipeline_module.process = original
 
 
 def _all(values: list[float]) -> str:
