@@ -532,11 +532,12 @@ def test_a_valid_age_is_kept(victim) -> None:
         ("ISO_IR 192", "Yamada^Tarou=山田^太郎=やまだ^たろう", "山田太郎様 胸部CT", "山田太郎"),
         ("ISO_IR 192", "Yamada^Tarou=山田^太郎", "胸部CT山田様", "山田"),
         ("ISO_IR 192", "Hong^Gildong=洪^吉洞=홍^길동", "흉부CT 홍길동님", "홍길동"),
+        ("\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎", "山田太郎様 胸部CT", "山田太郎"),
     ],
 )
 def test_names_in_scripts_without_spaces_are_found_inside_text(victim, charset: str, name: str,
                                                               text: str, gone: str) -> None:
-    victim.SpecificCharacterSet = charset
+    victim.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
     victim.PatientName = name
     victim.StudyDescription = text
     with warnings.catch_warnings():
