@@ -186,7 +186,7 @@ def test_commit_writes_files_and_both_manifests(tmp_path: Path, ct: Dataset) -> 
         assert ds.file_meta.MediaStorageSOPInstanceUID == entry["sop_uid"]
     assert instances[0] | {"file": "", "sha256": "", "bytes": 0} == {
         "file": "", "sha256": "", "bytes": 0, "patient": "PAAAAAAAAAA", "study_key": "2.25.100",
-        "study_date": "20040119", "study_description": 'CT, "quoted" description',
+        "study_date": "2004-01-19", "study_description": 'CT, "quoted" description',
         "series_uid": "2.25.5", "series_description": "", "series_number": "1", "modality": "CT",
         "sop_uid": "2.25.51", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "instance_number": "",
         "transfer_syntax": ExplicitVRLittleEndian, "rows": 128, "columns": 128, "frames": 1,

@@ -316,6 +316,12 @@ def instance_file_name(values: Any) -> str:
     return f"{parts[0]}/{parts[1]}/{parts[2]}.dcm"
 
 
+def _iso_date(value: str) -> str:
+    """``20180918`` -> ``2018-09-18``, as search results show dates (anything else as it is)."""
+    value = value.strip()
+    return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
+
+
 def manifest_row(file: str, data: bytes, values: dict[str, Any], transfer_syntax: str) -> ManifestRow:
     """The manifest row of a de-identified instance written as `data`, from the values of
     its :data:`ROW_KEYWORDS` (those it has)."""
@@ -325,7 +331,7 @@ def manifest_row(file: str, data: bytes, values: dict[str, Any], transfer_syntax
         bytes=len(data),
         patient=str(values.get("PatientID", "")),
         study_key=str(values["StudyInstanceUID"]),
-        study_date=str(values.get("StudyDate", "")),
+        study_date=_iso_date(str(values.get("StudyDate", ""))),
         study_description=str(values.get("StudyDescription", "")),
         series_uid=str(values["SeriesInstanceUID"]),
         series_description=str(values.get("SeriesDescription", "")),
