@@ -1,0 +1,32 @@
+"""The gateway benchmark still runs (one repeat, no DIMSE; the figures come from the full
+run): it drives the gateway's internals (the pipeline it patches for the "files prepared"
+row, the workers it profiles) and broke silently once when those moved."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dicognito") is None,
+                    reason="dicognito (the naive baseline) is not installed: pip install -e '.[test]'")
+def test_gateway_benchmark_smoke() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gateway_pull.py"), "--repeat", "1",
+         "--workers", "0", "2", "--no-dimse", "--profile"],
+        check=False, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    out = result.stdout
+    for row in ("gateway workers=0", "gateway workers=2", "pull, files prepared"):
+        assert re.search(rf"{row}\s+[\d.]+ s\s+\d+ files/s\s+\d+% of the REST ceiling", out), row
+    assert "70 % of the REST ceiling is" in out and "cine gateway: WADO-RS retrieval" in out
+    assert re.search(r"ratio gateway, series memo / dicognito: [\d.]+x", out)
+    assert "event loop thread:" in out and "de-identification thread:" in out
