@@ -96,3 +96,13 @@ async def test_objects_whose_modality_is_not_approved_are_refused_each(tmp_path:
         manifest = json.loads((folder / "manifest.json").read_text())
         (message, count), = manifest["refused"].items()
         assert count == 3 and "modality" in message and "MR" in message
+
+
+async def test_a_preview_uses_an_approved_series_as_the_pull_does(tmp_path: Path) -> None:
+    fake = FakeArchive()
+    study = fake.add_study("MR HEAD", [("MR_small.dcm", "t1", 1), ("CT_small.dcm", "scout", 3)])
+    study.series[1].modality = ""  # the larger series, listed without a modality
+    async with mr_only_gateway(fake, tmp_path) as gateway:
+        key, = [s["study_key"] for s in (await gateway.search("anna", "magi", StudyCriteria()))["studies"]]
+        preview = (await gateway.thumbnails("anna", "magi", [key]))["thumbnails"][key]
+    assert preview["png"], preview

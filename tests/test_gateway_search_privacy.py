@@ -49,3 +49,31 @@ async def test_dates_are_searched_as_shown(tmp_path: Path) -> None:
         # An open range works on the shown dates as well.
         assert target["study_key"] in await keys_found(gateway, date_to=shown)
         assert target["study_key"] not in await keys_found(gateway, date_to="1900-01-01")
+
+
+async def test_nothing_shown_depends_on_original_dates(tmp_path: Path) -> None:
+    """A second trial bisected the original date through the scan notice's count of studies
+    read (the archive is asked a widened range of original dates): the answer must be the
+    same whether or not that range holds the study's original date."""
+    async with gateway_for(archive(), tmp_path) as gateway:
+        answers = []
+        for date_from in ("2021-01-01", "2022-02-15", "2022-02-16", "2022-03-02", "2030-01-01"):
+            answer = await gateway.search("anna", "magi", StudyCriteria(
+                description="zzqqxx", date_from=date_from))  # type: ignore[arg-type]
+            assert answer["studies"] == []
+            answers.append((answer["notices"], answer["complete"], answer["next_page"]))
+        assert all(a == answers[0] for a in answers), answers
+        assert any("checked the studies" in n for n in answers[0][0])
+
+
+async def test_page_tokens_carry_no_plain_hash_of_an_original_uid(tmp_path: Path) -> None:
+    import hashlib
+
+    fake = archive()
+    async with gateway_for(fake, tmp_path) as gateway:
+        magi = (await gateway.search("anna", "magi", StudyCriteria(limit=1)))["next_page"]
+        kina = (await gateway.search("bo", "kina", StudyCriteria(limit=1)))["next_page"]
+    assert magi and kina and magi != kina  # keyed per project: not linkable
+    for study in fake.studies:
+        plain = hashlib.sha256(study.uid.encode()).hexdigest()[:16]
+        assert plain not in magi and plain not in kina

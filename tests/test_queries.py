@@ -128,7 +128,7 @@ def test_qido_params_with_every_criterion() -> None:
 @pytest.mark.parametrize(
     ("dates", "value"),
     [({"date_from": "2020-03-04"}, "20210305-"), ({"date_to": "2020-03-04"}, "-20300302"),
-     ({"date_to": "9999-12-01"}, "-99991231")],
+     ({"date_to": "9999-12-01"}, "-99991231"), ({"date_from": "0001-01-01"}, "00020102-")],
 )
 def test_qido_open_date_ranges(dates: dict[str, str], value: str) -> None:
     assert qido_study_params(StudyCriteria(**dates), limit=1, offset=0)[0] == ("StudyDate", value)  # type: ignore[arg-type]

@@ -49,6 +49,13 @@ def check_modality(project: Project, modality: str | None) -> None:
         )
 
 
+def series_allowed(project: Project, modality: str) -> bool:
+    """Whether a series the archive lists may be retrieved (a pull, a preview): any, unless
+    the approval names modalities; then only one of those (a series without one is not)."""
+    allowed = project.archive.modalities
+    return allowed is None or (bool(modality) and modality in allowed)
+
+
 def allowed_modalities(project: Project, modalities: Iterable[str]) -> list[str]:
     allowed = project.archive.modalities
     return [m for m in modalities if allowed is None or m in allowed]

@@ -15,7 +15,8 @@ Rules, in the order they apply to every element at every depth:
    string (OB) outside Table E.1-1 but the ICC profile (an HPGL drawing's labels, a
    record key: formats of their own that can carry text); and an element whose VR as
    read is not one its attribute allows (a name written as OB or FD would otherwise be
-   kept as binary numbers; VRs screened alike, LO and SH, IS and DS, stand for each other);
+   kept as binary numbers; VRs screened alike, LO and SH, IS and DS, US and SS, stand for
+   each other);
 4. PatientID and PatientName: the patient pseudonym; AccessionNumber: a keyed
    accession pseudonym; PatientBirthDate: emptied;
 5. an attribute listed in Table E.1-1: its action, options applied
@@ -762,8 +763,10 @@ _PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*")
 
 _Converter = Callable[[Dataset, int, list[str]], "DataElement | None"]
 
-#: VRs that are all screened the same way, so one written as another is read as written.
-_INTERCHANGEABLE_VRS = (frozenset({"LO", "SH", "ST", "LT", "UT", "UC"}), frozenset({"IS", "DS"}))
+#: VRs that are all screened the same way, so one written as another is read as written:
+#: text that is cleaned, numbers as text, binary numbers (Rows written as SS loads as well).
+_INTERCHANGEABLE_VRS = (frozenset({"LO", "SH", "ST", "LT", "UT", "UC"}), frozenset({"IS", "DS"}),
+                        frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"}))
 
 #: Public byte-string (OB) attributes outside Table E.1-1 that are kept: the ICC colour
 #: profile (needed to show colour right). Any other holds bytes of its own format that can

@@ -151,7 +151,7 @@ class Gateway:
         try:
             outcome = await run_search(
                 self.archive, plan, accept, limit=criteria.limit, page_size=connection.page_size,
-                max_results=connection.max_results, cursor=cursor,
+                max_results=connection.max_results, cursor=cursor, fingerprint_key=keys.key,
             )
         except GatewayError as error:
             self._audit(username, project.id, "search", criteria=criteria.audit_view(),
@@ -246,9 +246,7 @@ class Gateway:
         plan = []
         for key, row in studies:
             for series in await self.archive.find_series(row.study_uid):
-                modality = _first(series, "00080060")
-                if project.archive.modalities is not None and not access.allowed_modalities(
-                        project, [modality] if modality else []):
+                if not access.series_allowed(project, _first(series, "00080060")):
                     continue  # not approved, or no modality to judge (each object is checked too)
                 count = _int(_first(series, "00201209"))
                 plan.append((key, row.study_uid, _first(series, "0020000E"), count))

@@ -69,10 +69,8 @@ class Previews:
 
     async def _fetch_and_render(self, project: Project, keys: ProjectKeys, policy: DeidPolicy,
                                 study_uid: str) -> dict[str, Any]:
-        series = [
-            s for s in await self.archive.find_series(study_uid)
-            if not _first(s, "00080060") or access.allowed_modalities(project, [_first(s, "00080060")])
-        ]
+        series = [s for s in await self.archive.find_series(study_uid)
+                  if access.series_allowed(project, _first(s, "00080060"))]
         series = [s for s in series if _first(s, "00080060") not in _NOT_IMAGES]
         if not series:
             return {"png": None, "message": "No preview: the study has no images this project may see."}

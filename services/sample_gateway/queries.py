@@ -165,9 +165,10 @@ def _date_range(criteria: StudyCriteria) -> str | None:
 
 def _plus_days(day: dt.date, days: int) -> str:
     try:
-        return (day + dt.timedelta(days=days)).strftime("%Y%m%d")
+        moved = day + dt.timedelta(days=days)
     except OverflowError:
-        return dt.date.max.strftime("%Y%m%d")
+        moved = dt.date.max
+    return f"{moved.year:04d}{moved.month:02d}{moved.day:02d}"  # strftime drops zeros before 1000
 
 
 def matches_dates(criteria: StudyCriteria, shifted_date: str) -> bool:

@@ -25,6 +25,7 @@ researcher as an opaque ``next_page`` string. What it copes with, each tested in
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import re
 from collections.abc import Callable
@@ -78,6 +79,7 @@ class SearchResult(Generic[T]):
     notices: list[str] = field(default_factory=list)
     requests: int = 0
     scanned: int = 0
+    scan_ran: bool = False
 
 
 async def run_search(
@@ -91,7 +93,11 @@ async def run_search(
     max_results: int | None = None,
     max_pages: int = MAX_PAGES,
     scan_budget: int = SCAN_BUDGET,
+    fingerprint_key: bytes = b"",
 ) -> SearchResult[T]:
+    """``fingerprint_key``: keys the page token's fingerprint of a query's first record (the
+    project's key): a plain hash of an original StudyInstanceUID would let anyone who has a
+    candidate UID confirm it, and link tokens across projects."""
     size = min(page_size, max_results) if max_results else page_size
     result: SearchResult[T] = SearchResult([], None)
     spelled = plan.spelled
@@ -114,15 +120,17 @@ async def run_search(
             log.warning("search cut short after %d studies: %s", len(result.accepted), error.log_message)
             break
         result.requests += 1
+        result.scan_ran = result.scan_ran or query.scan
         records = [r for r in page.records if _uid_of(r)]
         ignored_offset = False
         if cur.offset == 0:
             seen = set()
-            cur = replace(cur, first=_fingerprint(records[0]) if records else "")
-        elif records and (_fingerprint(records[0]) == cur.first or all(_uid_of(r) in seen for r in records)):
+            cur = replace(cur, first=_fingerprint(records[0], fingerprint_key) if records else "")
+        elif records and (_fingerprint(records[0], fingerprint_key) == cur.first
+                          or all(_uid_of(r) in seen for r in records)):
             # The first answer again: what lies beyond the offset in it is still new; then stop.
             ignored_offset = True
-            records = records[cur.offset:] if _fingerprint(records[0]) == cur.first else []
+            records = records[cur.offset:] if _fingerprint(records[0], fingerprint_key) == cur.first else []
             result.complete = False
             result.notices.append(
                 f"{archive.name} ignores requests for further results, so only its first "
@@ -162,15 +170,17 @@ async def run_search(
         else:
             cur = replace(cur, offset=cur.offset + count)
 
-    if result.scanned:
-        result.notices.append(_scan_notice(archive, result.scanned, more=cur is not None))
+    if result.scan_ran:
+        result.notices.append(_scan_notice(archive, more=cur is not None))
     result.next_page = cur.encode() if cur is not None else None
     return result
 
 
-def _scan_notice(archive: Archive, scanned: int, *, more: bool) -> str:
+def _scan_notice(archive: Archive, *, more: bool) -> str:
+    # No count: how many studies the archive holds in the range it was asked for depends on
+    # their original dates (the range is widened for the shift), and would give them away.
     text = (f"Nothing matched at {archive.name} as it compares text, so the gateway checked the "
-            f"studies of your date and modality range itself ({scanned} in this search).")
+            "studies of your date and modality range itself.")
     if more:
         text += " 'More' checks further; narrower dates make it faster."
     return text
@@ -248,8 +258,8 @@ def _uid_of(record: dict[str, Any]) -> str:
     return str(values[0]) if values else ""
 
 
-def _fingerprint(record: dict[str, Any]) -> str:
-    return hashlib.sha256(_uid_of(record).encode()).hexdigest()[:16]
+def _fingerprint(record: dict[str, Any], key: bytes) -> str:
+    return hmac.new(key, b"page:" + _uid_of(record).encode(), hashlib.sha256).hexdigest()[:16]
 
 
 __all__ = ["Cursor", "SearchResult", "run_search"]
