@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from services.sample_gateway.gateway import Gateway
 from services.sample_gateway.queries import StudyCriteria
 from tests.fixtures.fake_dicomweb import FakeArchive
@@ -77,3 +79,39 @@ async def test_page_tokens_carry_no_plain_hash_of_an_original_uid(tmp_path: Path
     for study in fake.studies:
         plain = hashlib.sha256(study.uid.encode()).hexdigest()[:16]
         assert plain not in magi and plain not in kina
+
+
+async def test_whether_there_is_a_next_page_depends_on_shown_studies_only(tmp_path: Path) -> None:
+    """A third trial told hidden records apart by the next_page token: a study of the same
+    original date as a shown one, hidden because its shift moves it out of the range."""
+    for order in ("shown first", "hidden first"):
+        fake = FakeArchive()
+        studies = [("CT THORAX", ("0101601234", NAME)), ("CT HEAD", ("0202702345", "HANSEN^BO"))]
+        for description, patient in (studies if order == "shown first" else studies[::-1]):
+            fake.add_study(description, [(CT, "axial", 1)], date="20230214", patient=patient)
+        async with gateway_for(fake, tmp_path / order) as gateway:
+            everything = (await gateway.search("anna", "magi", StudyCriteria()))["studies"]
+            shown = next(s for s in everything if s["description"] == "CT THORAX")["study_date"]
+            hidden = next(s for s in everything if s["description"] == "CT HEAD")["study_date"]
+            assert shown != hidden  # one original date, two shifts
+            answer = await gateway.search("anna", "magi", StudyCriteria(
+                date_from=shown, date_to=shown, limit=1))  # type: ignore[arg-type]
+            assert [s["description"] for s in answer["studies"]] == ["CT THORAX"]
+            assert answer["next_page"] is None, order
+
+
+async def test_page_tokens_are_fresh_each_time_and_only_for_their_search(tmp_path: Path) -> None:
+    from services.sample_gateway.errors import BadRequest
+
+    async with gateway_for(archive(), tmp_path) as gateway:
+        first = await gateway.search("anna", "magi", StudyCriteria(limit=1))
+        again = await gateway.search("anna", "magi", StudyCriteria(limit=1))
+        assert first["studies"] == again["studies"] and first["next_page"] != again["next_page"]
+        for token in (first["next_page"], again["next_page"]):
+            rest = await gateway.search("anna", "magi", StudyCriteria(limit=5, page=token))
+            assert len(rest["studies"]) == 1 and rest["studies"] != first["studies"]
+            assert rest["next_page"] is None
+        with pytest.raises(BadRequest, match="search again"):  # another search's token
+            await gateway.search("anna", "magi", StudyCriteria(description="thorax", page=first["next_page"]))
+        with pytest.raises(BadRequest, match="search again"):  # another researcher's
+            await gateway.search("bo", "kina", StudyCriteria(page=first["next_page"]))

@@ -25,6 +25,8 @@ INCLUDE_FIELDS = [
     ("includefield", "NumberOfStudyRelatedInstances"), ("includefield", "PatientID"),
     ("includefield", "IssuerOfPatientID"), ("includefield", "PatientBirthDate"),
     ("includefield", "PatientSex"), ("includefield", "PatientAge"),
+    ("includefield", "PatientName"), ("includefield", "OtherPatientIDs"),
+    ("includefield", "ReferringPhysicianName"),
 ]
 
 
@@ -163,7 +165,7 @@ def test_built_queries_pass_query_string() -> None:
     text = query_string(qido_study_params(criteria, limit=3, offset=6))
     assert text.startswith("ModalitiesInStudy=MR&StudyDate=20210101-20301229&StudyDescription=*knee*&"
                            "includefield=StudyInstanceUID&")
-    assert text.endswith("&includefield=PatientAge&limit=3&offset=6")
+    assert text.endswith("&includefield=ReferringPhysicianName&limit=3&offset=6")
 
 
 # -- query_string --------------------------------------------------------------------------

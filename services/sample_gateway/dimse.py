@@ -58,7 +58,7 @@ from .dimse_status import Category, Status
 from .errors import ArchiveTimeout, ArchiveUnavailable, GatewayError
 from .integration import ArchiveTraits, StudyPage
 from .multipart import Part
-from .queries import StudyQuery
+from .queries import STUDY_FIELDS, StudyQuery
 
 if TYPE_CHECKING:
     from hub_config.model import ArchiveConnection
@@ -93,11 +93,7 @@ RETRIEVE_SYNTAXES: tuple[str, ...] = (
 )
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1..255
 
-STUDY_KEYS = (
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription", "ModalitiesInStudy",
-    "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "PatientID",
-    "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-)
+STUDY_KEYS = STUDY_FIELDS  # the names too: a summary's description is cleaned of them
 SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesNumber",
                "NumberOfSeriesRelatedInstances")
 IMAGE_KEYS = ("SOPInstanceUID", "SOPClassUID", "InstanceNumber")
@@ -556,10 +552,14 @@ class StorageSCP:
                 str(ds.get("SOPInstanceUID", "")))
         with self._lock:
             route = self._routes.get(message_id) if originator == self.aet and message_id else None
+            named = route is not None
             if route is None:  # archives that do not name the originator: by UIDs
                 route = next((r for r in self._routes.values() if r.target.holds(*uids)), None)
-        if route is None or not route.target.holds(*uids):
+        if route is None or not (named or route.target.holds(*uids)):
             return self._refuse(f"C-STORE of an object no running C-MOVE asked for (message {message_id})")
+        # Sent for a running move (by the archive, naming it) but not one of the series asked
+        # for: accepted here and refused by the pull for what it is (another study's object),
+        # as C-GET does; refusing the C-STORE would fail the whole move.
         if route.stop.is_set():
             return int(Status.OUT_OF_RESOURCES)
         route.sink(_part(event))

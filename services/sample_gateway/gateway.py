@@ -62,7 +62,7 @@ from .pipeline import Delivered, Workers, process_batch
 from .previews import Previews
 from .pseudonyms import ProjectKeys, load_or_create_key
 from .queries import StudyCriteria, matches_dates, matches_description, search_plan
-from .search import Cursor, run_search
+from .search import Cursor, PageTokens, run_search
 from .state import GatewayState, Pull, StudyKey, Usage, now
 from .summaries import summarize_study
 
@@ -97,6 +97,7 @@ class Gateway:
     _deleting: set[str] = field(default_factory=set)  # pulls whose folder is being removed
     _progress: dict[str, _Progress] = field(default_factory=dict)
     _previews: Previews | None = None
+    _pages: PageTokens = field(default_factory=PageTokens)
 
     # -- projects ---------------------------------------------------------------------------
     def keys_for(self, project_id: str) -> ProjectKeys:
@@ -143,7 +144,8 @@ class Gateway:
         self.audit.check()
         connection = self._connection()
         plan = search_plan(criteria, case_insensitive=connection.text_matching == "case-insensitive")
-        cursor = Cursor.decode(criteria.page) if criteria.page else Cursor(offset=criteria.offset)
+        owner = (username, project.id, criteria.model_dump_json(exclude={"page", "offset", "limit"}))
+        cursor = self._pages.take(owner, criteria.page) if criteria.page else Cursor(offset=criteria.offset)
 
         def accept(item: dict[str, Any]) -> tuple[dict[str, Any], StudyKey] | None:
             return self._summary_if_allowed(project, keys, criteria, item)
@@ -165,7 +167,7 @@ class Gateway:
         return {
             "project": project.id,
             "studies": studies,
-            "next_page": outcome.next_page,
+            "next_page": self._pages.give(owner, outcome.next_page) if outcome.next_page else None,
             "complete": outcome.complete,
             "notices": outcome.notices,
         }

@@ -37,10 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .pseudonyms import OFFSET_MAX_DAYS, OFFSET_MIN_DAYS
 
+#: What a study search asks for. The names are never shown: de-identifying a record cleans
+#: its description of them, and a C-FIND answer holds only the keys it was asked for.
 STUDY_FIELDS = (
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyDescription", "ModalitiesInStudy",
     "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "PatientID",
-    "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientName",
+    "OtherPatientIDs", "ReferringPhysicianName",
 )
 
 

@@ -28,6 +28,8 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
@@ -71,6 +73,36 @@ class Cursor:
         return cls(int(query), int(offset), found == "1", first)
 
 
+class PageTokens:
+    """Opaque ``next_page`` tokens: random, each standing for a :class:`Cursor` kept here
+    for the researcher, project and criteria it was given for.
+
+    A cursor names an offset among the archive's records, hidden ones included, and a
+    fingerprint of a record: handed out as they are, two answers showing the same studies
+    could still be told apart by their tokens, and give away a record the gateway hid. A
+    fresh random token per answer tells nothing. The newest :attr:`MAX` are kept (in memory:
+    a token from before a gateway restart asks for a new search)."""
+
+    MAX = 20_000
+
+    def __init__(self) -> None:
+        self._cursors: OrderedDict[str, tuple[tuple[str, ...], str]] = OrderedDict()
+
+    def give(self, owner: tuple[str, ...], cursor: str) -> str:
+        token = secrets.token_urlsafe(18)
+        self._cursors[token] = (owner, cursor)
+        while len(self._cursors) > self.MAX:
+            self._cursors.popitem(last=False)
+        return token
+
+    def take(self, owner: tuple[str, ...], token: str) -> Cursor:
+        entry = self._cursors.get(token)
+        if entry is None or not secrets.compare_digest(repr(entry[0]), repr(owner)):
+            raise BadRequest("The page token is not one this gateway gave for this search (or it "
+                             "has expired); search again.", reason="bad_page")
+        return Cursor.decode(entry[1])
+
+
 @dataclass
 class SearchResult(Generic[T]):
     accepted: list[T]
@@ -103,7 +135,8 @@ async def run_search(
     spelled = plan.spelled
     cur: Cursor | None = _enter(plan, cursor, archive)
     seen: set[str] = set()
-    while cur is not None and len(result.accepted) < limit:
+    more_shown = False  # one more study would be shown: the next page starts there
+    while cur is not None and not more_shown:
         query = plan.queries[cur.query]
         if result.requests >= max_pages or (query.scan and result.scanned >= scan_budget):
             break
@@ -149,11 +182,14 @@ async def run_search(
                 continue
             item = accept(record)
             if item is not None:
+                if len(result.accepted) >= limit:
+                    # Look ahead to the next study that would be shown, so that whether there
+                    # is a next page depends on what researchers may see, not on records the
+                    # gateway hides (a widened date range, a description cleaned of a word).
+                    more_shown, stopped_at = True, index
+                    break
                 result.accepted.append(item)
                 cur = replace(cur, found=True)
-                if len(result.accepted) >= limit:
-                    stopped_at = index + 1
-                    break
 
         count = len(records)
         last_page = ignored_offset or _is_last(page.more, count, size, max_results)
@@ -262,4 +298,4 @@ def _fingerprint(record: dict[str, Any], key: bytes) -> str:
     return hmac.new(key, b"page:" + _uid_of(record).encode(), hashlib.sha256).hexdigest()[:16]
 
 
-__all__ = ["Cursor", "SearchResult", "run_search"]
+__all__ = ["Cursor", "PageTokens", "SearchResult", "run_search"]
