@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from services.sample_gateway.errors import ArchiveTimeout
-from services.sample_gateway.retrieval import QUEUE_OBJECTS, series_in_turn
+from services.sample_gateway import retrieval
+from services.sample_gateway.retrieval import READ_AHEAD_OBJECTS, series_in_turn
 from tests.test_gateway_attack import CT, FakeArchive, gateway_for, pull, study_keys
 
 
@@ -87,12 +88,29 @@ async def test_a_failed_series_is_raised_in_its_place_after_the_objects_before_i
     assert all(s.closed or not s.asked.is_set() for s in series)
 
 
-async def test_read_ahead_is_bounded() -> None:
-    long = Series("a", 100)
-    async with contextlib.aclosing(series_in_turn([long.items, Series("b", 1).items], 2)) as items:
+async def test_read_ahead_is_bounded_in_objects() -> None:
+    long, next_ = Series("a", 100), Series("b", 100)
+    async with contextlib.aclosing(series_in_turn([long.items, next_.items], 2)) as items:
         await anext(items)
         await asyncio.sleep(0.05)  # a caller busy with the first object
-        assert long.read <= QUEUE_OBJECTS + 2
+        assert long.read <= READ_AHEAD_OBJECTS + 2
+        assert next_.read <= READ_AHEAD_OBJECTS + 1
+
+
+async def test_read_ahead_is_bounded_in_bytes_and_one_big_object_still_passes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieval, "READ_AHEAD_BYTES", 10)
+    first, big = Series("a", 2), Series("b", 6)
+
+    def size(item: str) -> int:
+        return 8 if item.startswith("b") else 1
+
+    async with contextlib.aclosing(series_in_turn([first.items, big.items], 2, size)) as items:
+        await anext(items)
+        await asyncio.sleep(0.05)
+        assert big.read <= 2  # one 8-byte object waits (a second would pass 10), one is read
+        got = [item async for _, item in items]
+    assert got == ["a1", *[f"b{n}" for n in range(6)]]  # every object, each bigger than half
 
 
 async def test_stopping_early_closes_every_answer_asked_for() -> None:

@@ -326,7 +326,8 @@ class Gateway:
             steps = sorted(plan, key=lambda step: step[3])
             sources = [functools.partial(self.archive.retrieve_series, study_uid, series_uid)
                        for _key, study_uid, series_uid, _count in steps]
-            async with contextlib.aclosing(series_in_turn(sources, self.archive.series_in_flight)) as parts:
+            async with contextlib.aclosing(series_in_turn(
+                    sources, self.archive.series_in_flight, lambda part: len(part.body))) as parts:
                 async for index, part in parts:
                     study_uid = steps[index][1]
                     progress.received += 1
