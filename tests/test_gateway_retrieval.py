@@ -144,3 +144,58 @@ async def test_a_pull_asks_for_the_next_series_before_the_current_one_has_arrive
     assert result["status"] == "done" and result["instances_done"] == 10, result
     kinds = [kind for kind, _, _ in events]
     assert kinds[:2] == ["asked", "asked"], events  # both asked for before either ended
+
+
+def _wrap_series(gateway: Any, *, fail_second: bool = False, pause: float = 0.0) -> list[dict[str, Any]]:
+    """Wrap the archive's retrieve: record each series asked for and whether its answer was
+    closed; the second series asked for fails at once (`fail_second`); `pause` per object."""
+    from services.sample_gateway.errors import ArchiveUnavailable
+
+    original = gateway.archive.retrieve_series
+    asked: list[dict[str, Any]] = []
+
+    async def retrieve_series(study_uid: str, series_uid: str) -> AsyncIterator[Any]:
+        record = {"series": series_uid, "closed": False, "parts": 0}
+        asked.append(record)
+        try:
+            if fail_second and len(asked) == 2:
+                raise ArchiveUnavailable("Fake RIPA failed to answer (HTTP 500); try again later.")
+            async for part in original(study_uid, series_uid):
+                await asyncio.sleep(pause)
+                record["parts"] += 1
+                yield part
+        finally:
+            record["closed"] = True
+
+    gateway.archive.retrieve_series = retrieve_series
+    return asked
+
+
+async def test_a_failure_of_the_next_series_fails_the_pull_and_leaves_nothing(tmp_path: Path) -> None:
+    fake = FakeArchive()
+    fake.add_study("CT THORAX", [(CT, "axial", 4), (CT, "coronal", 6)])
+    async with gateway_for(fake, tmp_path) as gateway:
+        asked = _wrap_series(gateway, fail_second=True, pause=0.01)
+        result = await pull(gateway, await study_keys(gateway))
+        assert result["status"] == "failed", result
+        assert result["error"]["reason"] == "archive_unavailable"
+        assert "HTTP 500" in result["error"]["message"]
+        assert list(gateway.storage.samples_dir("magi").iterdir()) == []  # nothing half-written
+        assert gateway.audit.records()[-1]["outcome"] == "failed"
+        assert len(asked) == 2 and all(record["closed"] for record in asked)
+        assert asked[0]["parts"] == 4  # the first series was read to its end before the failure was raised
+
+
+async def test_closing_the_gateway_mid_pull_closes_every_series_asked_for(tmp_path: Path) -> None:
+    fake = FakeArchive()
+    fake.add_study("CT THORAX", [(CT, "axial", 8), (CT, "coronal", 8), (CT, "sagittal", 8)])
+    async with gateway_for(fake, tmp_path) as gateway:
+        asked = _wrap_series(gateway, pause=0.05)
+        await gateway.start_pull("anna", "magi", await study_keys(gateway))
+        await asyncio.sleep(0.2)
+        await gateway.aclose()
+        assert len(asked) == 2, asked  # the third was not asked for yet
+        assert all(record["closed"] for record in asked)
+        assert list(gateway.storage.samples_dir("magi").iterdir()) == []
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and "_read" in repr(t)]
+        assert leftover == []
