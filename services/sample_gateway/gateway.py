@@ -619,7 +619,7 @@ def build_gateway(config_path: str | None = None, data_dir: Path | None = None) 
 
     ``$WORKBENCH_GATEWAY_WORKERS``: processes that de-identify in parallel (0: one thread
     in the gateway process; default: one per core, at most 4). On the 2-core build machine a
-    51-image pull takes 0.069 s with 2 processes and 0.073 s with a thread (the series memo
+    51-image pull takes 0.061 s with 2 processes and 0.068 s with a thread (the series memo
     leaves little CPU per object to share; see docs/sample-gateway.md, "Figures").
     """
     config = cached_config(config_path)
