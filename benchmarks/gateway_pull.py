@@ -24,10 +24,6 @@ series (50 CT slices + 1 JPEG 2000 head CT, 51 instances), each median of ``--re
   before the first file) and each object alone (the ordinary way), against dicognito with
   pydicom's ``dcmwrite``;
 - the DIMSE integration (C-GET and C-MOVE) on the same study, for reference;
-- **a slower archive** (``--archive-delay-ms``, default 50): every HTTP answer starts that
-  much later, as a busy hospital PACS's do; the same pull asking for each series only when
-  the previous one has arrived, and asking for the next while the current one streams (the
-  gateway's way, :mod:`.retrieval`);
 - **CPU per run**: the CPU time every process involved used during each timed run (this
   one with the gateway's event loop and threads, the gateway's worker processes, Orthanc),
   read from ``/proc/<pid>/task/<tid>/schedstat`` (Linux): divided by the CPUs this machine
@@ -58,14 +54,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pydicom
 
 from demo.archive import build_archive
 from demo.orthanc import Modality, OrthancServer, find_free_port
 from hub_config.loader import parse_config
 from hub_config.storage import StorageLayout
-from services.sample_gateway.archive import DicomWebArchive
 from services.sample_gateway.audit import AuditLog
 from services.sample_gateway.deidentify import DeidPolicy, deidentify
 from services.sample_gateway.delivery import PullWriter, store_instance
@@ -93,8 +87,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--profile", action="store_true", help="print where a gateway pull spends its time")
     parser.add_argument("--no-dimse", action="store_true")
-    parser.add_argument("--archive-delay-ms", type=float, default=50.0,
-                        help="the slower archive's wait before each answer (0: not measured)")
     args = parser.parse_args()
     try:
         import dicognito  # noqa: F401 - the naive baseline
@@ -155,15 +147,8 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
         mode: make_gateway(work / f"gw-{mode}", orthanc, "dimse", peer, Workers(args.workers[-1]), retrieve=mode)
         for mode in ("c-get", "c-move")
     }
-    delay = args.archive_delay_ms / 1000
-    delayed = {} if delay <= 0 else {
-        f"slower archive, {n} series in flight": make_gateway(
-            work / f"gw-delayed{n}", orthanc, "dicomweb", peer, Workers(args.workers[-1]),
-            transport=_Delayed(delay), series_in_flight=n)
-        for n in (1, 2)
-    }
     keys = {}
-    for name, gateway in [*[(f"w{w}", g) for w, g in gateways.items()], *dimse.items(), *delayed.items()]:
+    for name, gateway in [*[(f"w{w}", g) for w, g in gateways.items()], *dimse.items()]:
         studies = (await gateway.search("bench", "bench", StudyCriteria(description="CT THORAX", modality="CT")))["studies"]
         keys[name] = next(s["study_key"] for s in studies if s["instances"] == len(entries))
         await pull(gateway, keys[name])  # warm: key files, first connections
@@ -201,11 +186,6 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
             started = time.perf_counter()
             done = await pull(gateway, keys[mode])
             record(f"gateway DIMSE {mode}", time.perf_counter() - started)
-            assert done["status"] == "done", done
-        for name, gateway in delayed.items():
-            started = time.perf_counter()
-            done = await pull(gateway, keys[name])
-            record(name, time.perf_counter() - started)
             assert done["status"] == "done", done
 
         cpu_from()
@@ -245,7 +225,7 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
         record("cine naive", time.perf_counter() - started)
 
     deid_rates = deidentification_rates(in_memory, args.repeat)
-    for gateway in [*gateways.values(), *dimse.values(), *delayed.values()]:
+    for gateway in [*gateways.values(), *dimse.values()]:
         await gateway.aclose()
 
     ceiling = med(results["ceiling REST"])  # the issue's ceiling: Orthanc's REST API
@@ -262,13 +242,6 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
         print(f"  {name:<26} {t:6.3f} s  {n / t:6.0f} files/s  {ceiling / t:5.0%} of the REST ceiling "
               f"({wado / t:4.0%} of WADO-RS), {naive_time / t:4.1f}x the naive pipeline   {_all(results[name])}")
     print(f"  {'naive (dicomweb-client + dicognito)':<26} {naive_time:6.3f} s  {n / naive_time:6.0f} files/s")
-    if delayed:
-        one, two = (med(results[name]) for name in delayed)
-        print(f"a slower archive (every answer {args.archive_delay_ms:g} ms late; {len(series_uids)} series, "
-              f"workers={args.workers[-1]}):")
-        for name in delayed:
-            print(f"  {name:<36} {med(results[name]):6.3f} s   {_all(results[name])}")
-        print(f"  asking for the next series early: {one / two:.2f}x")
     if meter.available:
         cpus = os.cpu_count() or 1
         print(f"CPU time per run, all processes (this one, the gateway's workers, Orthanc), median; "
@@ -313,8 +286,7 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
 
 
 def make_gateway(private: Path, orthanc: OrthancServer, integration: str, peer: Modality, workers: Workers,
-                 retrieve: str = "c-get", transport: httpx.AsyncBaseTransport | None = None,
-                 series_in_flight: int | None = None) -> Gateway:
+                 retrieve: str = "c-get") -> Gateway:
     config = parse_config(textwrap.dedent(f"""\
         archive:
           name: Bench RIPA
@@ -334,15 +306,9 @@ def make_gateway(private: Path, orthanc: OrthancServer, integration: str, peer: 
                       limits: {{max_instances_per_pull: 500, max_studies_per_day: 100000}}}}
         """))
     assert config.archive is not None
-    archive = build_archive_client(config.archive, orthanc.username, orthanc.password)
-    if transport is not None:
-        assert isinstance(archive, DicomWebArchive)
-        archive = DicomWebArchive(archive.settings, transport=transport, traits=archive.traits)
-    if series_in_flight is not None:
-        archive.series_in_flight = series_in_flight
     return Gateway(
         config=lambda: config, storage=StorageLayout(private / "data"),
-        archive=archive,
+        archive=build_archive_client(config.archive, orthanc.username, orthanc.password),
         state=GatewayState.at(private), audit=AuditLog(private / "audit.jsonl"), keys_dir=private / "keys",
         workers=workers,
     )
@@ -484,18 +450,6 @@ def _prepared(prepared: dict[bytes, tuple[bytes, Any]]) -> Iterator[None]:
         yield
     finally:
         pipeline_module.process = original
-
-
-class _Delayed(httpx.AsyncHTTPTransport):
-    """An HTTP transport whose every answer starts `delay` seconds late (a busy archive)."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay = delay
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(self.delay)
-        return await super().handle_async_request(request)
 
 
 def _all(values: list[float]) -> str:

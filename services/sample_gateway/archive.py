@@ -44,7 +44,6 @@ class ArchiveSettings:
 
 class DicomWebArchive:
     integration = "dicomweb"
-    series_in_flight = 2  # two WADO-RS answers side by side: the next one's wait overlaps
 
     def __init__(self, settings: ArchiveSettings, transport: httpx.AsyncBaseTransport | None = None,
                  traits: ArchiveTraits | None = None) -> None:

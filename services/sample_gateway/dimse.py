@@ -133,7 +133,6 @@ class DimseSettings:
 
 class DimseArchive:
     integration = "dimse"
-    series_in_flight = 1  # one association at a time: archives limit them per calling AE
 
     def __init__(self, settings: DimseSettings, traits: ArchiveTraits | None = None) -> None:
         if settings.retrieve not in ("c-get", "c-move"):

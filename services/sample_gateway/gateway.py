@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import errno
-import functools
 import logging
 import os
 import secrets
@@ -63,7 +62,6 @@ from .pipeline import Delivered, Workers, process_batch
 from .previews import Previews
 from .pseudonyms import ProjectKeys, load_or_create_key
 from .queries import StudyCriteria, matches_dates, matches_description, search_plan
-from .retrieval import series_in_turn
 from .search import Cursor, PageTokens, run_search
 from .state import GatewayState, Pull, StudyKey, Usage, now
 from .summaries import summarize_study
@@ -322,27 +320,22 @@ class Gateway:
             # one-object series left for last would be that cost with nothing beside it.
             # Objects that arrive while every worker is busy wait in one batch (up to
             # BATCH_OBJECTS or BATCH_BYTES), handed over as one when a worker is free.
-            # The next series is asked for while the current one streams (retrieval.py).
-            steps = sorted(plan, key=lambda step: step[3])
-            sources = [functools.partial(self.archive.retrieve_series, study_uid, series_uid)
-                       for _key, study_uid, series_uid, _count in steps]
-            async with contextlib.aclosing(series_in_turn(
-                    sources, self.archive.series_in_flight, lambda part: len(part.body))) as parts:
-                async for index, part in parts:
-                    study_uid = steps[index][1]
-                    progress.received += 1
-                    progress.bytes += len(part.body)
-                    self._check_running_pull(pull, limits, progress, since)
-                    batch.append((part.body, part.content_type, study_uid))
-                    batch_bytes += len(part.body)
-                    collect_finished()
-                    if len(pending) >= self.workers.parallel and (
-                            len(batch) >= BATCH_OBJECTS or batch_bytes >= BATCH_BYTES):
-                        finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                        for future in finished:
-                            collect(future)
-                    if len(pending) < self.workers.parallel:
-                        hand_over()
+            for _study_key, study_uid, series_uid, _count in sorted(plan, key=lambda step: step[3]):
+                async with contextlib.aclosing(self.archive.retrieve_series(study_uid, series_uid)) as parts:
+                    async for part in parts:
+                        progress.received += 1
+                        progress.bytes += len(part.body)
+                        self._check_running_pull(pull, limits, progress, since)
+                        batch.append((part.body, part.content_type, study_uid))
+                        batch_bytes += len(part.body)
+                        collect_finished()
+                        if len(pending) >= self.workers.parallel and (
+                                len(batch) >= BATCH_OBJECTS or batch_bytes >= BATCH_BYTES):
+                            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                            for future in finished:
+                                collect(future)
+                        if len(pending) < self.workers.parallel:
+                            hand_over()
             if batch:
                 hand_over()
             while pending:

@@ -53,9 +53,6 @@ class Archive(Protocol):
     name: str
     integration: str
     traits: ArchiveTraits
-    #: Series a pull may ask for at once: the next one is asked for while the current one
-    #: streams (:func:`.retrieval.series_in_turn`); 1 asks for each when the last has arrived.
-    series_in_flight: int
 
     async def find_studies(self, query: StudyQuery, *, limit: int, offset: int) -> StudyPage:
         """Study records matching ``query``, from the ``offset``-th on, at most ``limit``."""
