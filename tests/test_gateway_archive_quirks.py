@@ -389,3 +389,14 @@ def test_fake_archive_builds_real_files() -> None:
     assert pydicom.dcmread(io.BytesIO(instance.data)).StudyInstanceUID == study.uid
     assert instance.bare[:4] != b"\0\0\0\0" and b"DICM" not in instance.bare[:200]
 
+
+
+def test_answers_are_read_a_mebibyte_at_a_time() -> None:
+    """httpcore's 64 KiB reads cost a third of a 26 MB series' retrieval here; the gateway
+    raises them to 1 MiB on import. If httpcore renames the knob this fails (and says so)."""
+    import httpcore
+
+    from services.sample_gateway import archive
+
+    assert archive.READ_BYTES == 1024 * 1024
+    assert httpcore.AsyncHTTP11Connection.READ_NUM_BYTES >= archive.READ_BYTES

@@ -71,6 +71,18 @@ def test_parts_are_yielded_as_soon_as_they_are_complete() -> None:
     assert list(parser.feed(BODY[first_end + 8 : first_end + 13])) == [EXPECTED[0]]
 
 
+def test_bodies_are_their_own_bytes_untouched_by_later_chunks() -> None:
+    """The parser copies a body out of its buffer once and then reuses the buffer: a body
+    that were a view into it would change as the next chunks arrive."""
+    parser = MultipartParser(BOUNDARY)
+    first_end = BODY.index(b"\r\n--b0und:ary   ")
+    (first,) = parser.feed(BODY[: first_end + 13])
+    rest = list(parser.feed(BODY[first_end + 13 :]))
+    parser.close()
+    assert type(first.body) is bytes
+    assert [first, *rest] == EXPECTED
+
+
 def test_part_headers_are_case_insensitive_and_content_type_property() -> None:
     body = (b"--x\r\nCONTENT-TYPE:  application/dicom \r\nContent-ID: <1@x>\r\n\r\nabc\r\n--x--")
     [part] = parse(body, 3, boundary="x")

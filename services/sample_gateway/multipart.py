@@ -70,28 +70,35 @@ class MultipartParser:
             if end < 0:
                 self._scanned = max(0, len(self._buffer) - len(self._separator))
                 return
-            raw = bytes(self._buffer[:end])
+            part = _parse_part(self._buffer, end)
             del self._buffer[: end + len(self._separator)]
             self._scanned = 0
-            yield _parse_part(raw)
+            yield part
 
     def close(self) -> None:
         if not self._finished:
             raise ValueError("multipart body ended before its closing boundary")
 
 
-def _parse_part(raw: bytes) -> Part:
+def _parse_part(buffer: bytearray, end: int) -> Part:
+    """The part in ``buffer[:end]`` (from right after its delimiter). Its body is copied out
+    once: a series of 512x512 CT slices is tens of megabytes, and each copy of it costs."""
     # Skip transport padding and the CRLF after the delimiter.
-    line_end = raw.find(b"\r\n")
-    raw = raw[line_end + 2 :] if line_end >= 0 else b""
-    head_end = raw.find(b"\r\n\r\n")
-    if raw.startswith(b"\r\n"):
-        return Part({}, raw[2:])
+    line_end = buffer.find(b"\r\n", 0, end)
+    start = line_end + 2 if line_end >= 0 else end
+    if buffer.startswith(b"\r\n", start, end):
+        return Part({}, _copy(buffer, start + 2, end))
+    head_end = buffer.find(b"\r\n\r\n", start, end)
     if head_end < 0:
         raise ValueError("multipart part without a blank line after its headers")
     headers: dict[str, str] = {}
-    for line in raw[:head_end].decode("latin-1").split("\r\n"):
+    for line in bytes(buffer[start:head_end]).decode("latin-1").split("\r\n"):
         name, _, value = line.partition(":")
         if name.strip():
             headers[name.strip().lower()] = value.strip()
-    return Part(headers, raw[head_end + 4 :])
+    return Part(headers, _copy(buffer, head_end + 4, end))
+
+
+def _copy(buffer: bytearray, start: int, end: int) -> bytes:
+    with memoryview(buffer) as view:
+        return bytes(view[start:end])
