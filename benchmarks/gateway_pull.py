@@ -1,6 +1,7 @@
 """Sample gateway pull figures against their baselines, measured in one run.
 
     .venv/bin/python benchmarks/gateway_pull.py [--repeat 5] [--workers 0 2] [--profile]
+                                                [--no-dimse] [--no-full-size]
 
 Starts a real Orthanc with the demo archive and measures, on the study with the 50-slice CT
 series (50 CT slices + 1 JPEG 2000 head CT, 51 instances), each median of ``--repeat``:
@@ -17,6 +18,10 @@ series (50 CT slices + 1 JPEG 2000 head CT, 51 instances), each median of ``--re
   file made beforehand and only written: what a pull costs besides de-identification;
 - **naive**: dicomweb-client's ``retrieve_series`` for both series, then dicognito on every
   dataset and ``save_as`` into a folder, sequentially;
+- the same for **a full-size series** (50 slices of 512x512 CT, 26 MB; ``--no-full-size``
+  leaves it out): the demo's CT slices are 128x128 (35 kB), and a pull's costs that grow
+  with bytes (reading, copying, hashing for the manifest, writing, the filesystem sync) only
+  show at the size of a real series;
 - the same three for one multi-frame object (the 30-frame JPEG ultrasound cine loop), and
   the gateway's retrieval of it alone (WADO-RS, part of the gateway's figure);
 - **de-identification alone**, files per second on the same 51 files held in memory
@@ -51,6 +56,7 @@ import textwrap
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +93,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--profile", action="store_true", help="print where a gateway pull spends its time")
     parser.add_argument("--no-dimse", action="store_true")
+    parser.add_argument("--no-full-size", action="store_true",
+                        help="leave out the study of 50 512x512 CT slices (26 MB)")
     args = parser.parse_args()
     try:
         import dicognito  # noqa: F401 - the naive baseline
@@ -96,7 +104,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     os.environ["TCP_NODELAY"] = "1"  # for Orthanc's DCMTK (see the module docstring)
     work = Path(tempfile.mkdtemp(prefix="wb-gwbench-"))
-    archive = build_archive(work / "archive")
+    archive = build_archive(work / "archive", full_size_ct=not args.no_full_size)
     peer = Modality(aet="BENCHGW", host="127.0.0.1", port=find_free_port())
     orthanc = OrthancServer(storage_dir=work / "orthanc", users={"gw": secrets.token_urlsafe(12)},
                             modalities={"gateway": peer})
@@ -109,36 +117,65 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Study:
+    """A study the benchmark pulls: its instances and how the gateway's search finds it."""
+
+    title: str
+    prefix: str  # of its rows' names ("" for the issue's study)
+    entries: list[Any]
+    description: str  # the search's study description
+
+    @property
+    def study_uid(self) -> str:
+        return self.entries[0].study_instance_uid
+
+    @property
+    def series_uids(self) -> list[str]:
+        return sorted({e.series_instance_uid for e in self.entries})
+
+
+class Recorder:
+    """Wall time and CPU time (all processes, Orthanc apart) of each named run."""
+
+    def __init__(self, meter: CpuMeter) -> None:
+        self.meter = meter
+        self.results: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[tuple[float, float]]] = {}
+
+    @contextlib.contextmanager
+    def timed(self, name: str, cpu: bool = True) -> Iterator[None]:
+        before = self.meter.now() if cpu else (0, 0)  # outside the timed span: it scans /proc
+        started = time.perf_counter()
+        yield
+        self.results.setdefault(name, []).append(time.perf_counter() - started)
+        if cpu:
+            (total, apart), (total0, apart0) = self.meter.now(), before
+            self.cpu.setdefault(name, []).append(((total - total0) / 1e9, (apart - apart0) / 1e9))
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.results[name])
+
+
 async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, archive: Any, peer: Modality) -> None:
     bench = archive.benchmark_series()
-    study_uid = bench[0].study_instance_uid
-    entries = [e for e in archive.entries if e.study_instance_uid == study_uid]
+    issue_study = Study(f"study with the {len(bench)}-slice CT series", "",
+                        [e for e in archive.entries if e.study_instance_uid == bench[0].study_instance_uid],
+                        "CT THORAX")
+    studies = [issue_study]
+    if not args.no_full_size:
+        full = archive.full_size_series()
+        studies.append(Study(f"{len(full)} slices of {full[0].rows}x{full[0].columns} CT (the size of a real "
+                             "series; the demo's slices are 128x128)", "full-size ", full, "CT ABDOMEN"))
     cine = next(e for e in archive.entries if e.series_description == CINE)
-    med = statistics.median
-    results: dict[str, list[float]] = {}
-
-    meter = CpuMeter(apart=orthanc.pid or 0)
-    cpu: dict[str, list[tuple[float, float]]] = {}
-    cpu_start = [(0, 0)]
-
-    def record(name: str, seconds: float) -> None:
-        results.setdefault(name, []).append(seconds)
-
-    def cpu_from() -> None:
-        cpu_start[0] = meter.now()
-
-    def cpu_to(name: str) -> None:
-        (total, orthanc_), (total0, orthanc0) = meter.now(), cpu_start[0]
-        cpu.setdefault(name, []).append(((total - total0) / 1e9, (orthanc_ - orthanc0) / 1e9))
+    rec = Recorder(CpuMeter(apart=orthanc.pid or 0))
 
     with orthanc.client() as client:
         ids = {e.sop_instance_uid: client.post("/tools/lookup", content=e.sop_instance_uid).json()[0]["ID"]
-               for e in [*entries, cine]}
-    series_uids = sorted({e.series_instance_uid for e in entries})
-    in_memory = []
-    with orthanc.client() as client:
-        for entry in entries:
-            in_memory.append(client.get(f"/instances/{ids[entry.sop_instance_uid]}/file").content)
+               for e in [*(e for study in studies for e in study.entries), cine]}
+        sizes = {study.prefix: sum(len(client.get(f"/instances/{ids[e.sop_instance_uid]}/file").content)
+                                   for e in study.entries) for study in studies}
+        in_memory = [client.get(f"/instances/{ids[e.sop_instance_uid]}/file").content for e in issue_study.entries]
 
     gateways = {w: make_gateway(work / f"gw{w}", orthanc, "dicomweb", peer, Workers(w)) for w in args.workers}
     for gateway in gateways.values():
@@ -147,116 +184,53 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
         mode: make_gateway(work / f"gw-{mode}", orthanc, "dimse", peer, Workers(args.workers[-1]), retrieve=mode)
         for mode in ("c-get", "c-move")
     }
-    keys = {}
+    keys: dict[tuple[str, str], str] = {}
     for name, gateway in [*[(f"w{w}", g) for w, g in gateways.items()], *dimse.items()]:
-        studies = (await gateway.search("bench", "bench", StudyCriteria(description="CT THORAX", modality="CT")))["studies"]
-        keys[name] = next(s["study_key"] for s in studies if s["instances"] == len(entries))
-        await pull(gateway, keys[name])  # warm: key files, first connections
+        for study in studies if name.startswith("w") else [issue_study]:
+            found = (await gateway.search("bench", "bench",
+                                          StudyCriteria(description=study.description, modality="CT")))["studies"]
+            keys[name, study.prefix] = next(s["study_key"] for s in found if s["instances"] == len(study.entries))
+            await pull(gateway, keys[name, study.prefix])  # warm: key files, first connections
 
     prepared: dict[bytes, tuple[bytes, Any]] = {}
+    made: set[str] = set()  # SOP instance UIDs whose files are prepared
     for _ in range(args.repeat):
-        with orthanc.client() as client:
-            cpu_from()
-            started = time.perf_counter()
-            for entry in entries:
-                client.get(f"/instances/{ids[entry.sop_instance_uid]}/file").raise_for_status()
-            record("ceiling REST", time.perf_counter() - started)
-            cpu_to("ceiling REST")
-            cpu_from()
-            started = time.perf_counter()
-            for series_uid in series_uids:
-                with client.stream("GET", f"/dicom-web/studies/{study_uid}/series/{series_uid}",
-                                   headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}) as r:
-                    for _chunk in r.iter_bytes():
-                        pass
-            record("ceiling WADO-RS", time.perf_counter() - started)
-            cpu_to("ceiling WADO-RS")
-            started = time.perf_counter()
-            client.get(f"/instances/{ids[cine.sop_instance_uid]}/file").raise_for_status()
-            record("cine ceiling", time.perf_counter() - started)
-
-        for workers, gateway in gateways.items():
-            cpu_from()
-            started = time.perf_counter()
-            done = await pull(gateway, keys[f"w{workers}"])
-            record(f"gateway workers={workers}", time.perf_counter() - started)
-            cpu_to(f"gateway workers={workers}")
-            assert done["status"] == "done" and done["instances_done"] == len(entries), done
+        for study in studies:
+            await measure_study(rec, study, orthanc, ids, gateways, keys, prepared, made, work)
         for mode, gateway in dimse.items():
-            started = time.perf_counter()
-            done = await pull(gateway, keys[mode])
-            record(f"gateway DIMSE {mode}", time.perf_counter() - started)
+            with rec.timed(f"gateway DIMSE {mode}", cpu=False):
+                done = await pull(gateway, keys[mode, ""])
             assert done["status"] == "done", done
 
-        cpu_from()
-        started = time.perf_counter()
-        await asyncio.to_thread(naive, orthanc, study_uid, series_uids, work / "naive")
-        record("naive", time.perf_counter() - started)
-        cpu_to("naive")
-
-        # What is left of a pull when de-identification costs nothing: the same pull (one
-        # thread) with every object's file prepared beforehand, only written.
-        if 0 in gateways:
-            with _prepared(prepared):
-                if not prepared:
-                    await pull(gateways[0], keys["w0"])  # untimed: makes the files
-                cpu_from()
-                started = time.perf_counter()
-                done = await pull(gateways[0], keys["w0"])
-                record("pull, files prepared", time.perf_counter() - started)
-                cpu_to("pull, files prepared")
-            assert done["status"] == "done", done
-
+        with orthanc.client() as client, rec.timed("cine ceiling", cpu=False):
+            client.get(f"/instances/{ids[cine.sop_instance_uid]}/file").raise_for_status()
         gateway = gateways[args.workers[0]]
         keys_ = gateway.keys_for("bench")
-        started = time.perf_counter()
-        part = await gateway.archive.retrieve_instance(cine.study_instance_uid, cine.series_instance_uid,
-                                                       cine.sop_instance_uid)
-        record("cine gateway: WADO-RS retrieval", time.perf_counter() - started)
-        writer = PullWriter(work / "cine", "bench")
-        outcome = await asyncio.to_thread(process, part.body, part.content_type, cine.study_instance_uid,
-                                          keys_, DeidPolicy(allow_burned_in_annotation=True), writer.target,
-                                          f"cine-{len(results.get('cine gateway', []))}")  # learnt nothing before
-        record("cine gateway", time.perf_counter() - started)
+        with rec.timed("cine gateway", cpu=False):
+            with rec.timed("cine gateway: WADO-RS retrieval", cpu=False):
+                part = await gateway.archive.retrieve_instance(cine.study_instance_uid, cine.series_instance_uid,
+                                                               cine.sop_instance_uid)
+            writer = PullWriter(work / "cine", "bench")
+            outcome = await asyncio.to_thread(
+                process, part.body, part.content_type, cine.study_instance_uid, keys_,
+                DeidPolicy(allow_burned_in_annotation=True), writer.target,
+                f"cine-{len(rec.results.get('cine gateway', []))}")  # learnt nothing before
         assert outcome.row.frames == cine.number_of_frames, outcome
         writer.abort()
-        started = time.perf_counter()
-        await asyncio.to_thread(naive_instance, orthanc, cine, work / "naive-cine")
-        record("cine naive", time.perf_counter() - started)
+        with rec.timed("cine naive", cpu=False):
+            await asyncio.to_thread(naive_instance, orthanc, cine, work / "naive-cine")
 
     deid_rates = deidentification_rates(in_memory, args.repeat)
     for gateway in [*gateways.values(), *dimse.values()]:
         await gateway.aclose()
 
-    ceiling = med(results["ceiling REST"])  # the issue's ceiling: Orthanc's REST API
-    wado = med(results["ceiling WADO-RS"])
-    naive_time = med(results["naive"])
-    n = len(entries)
-    print(f"study with the {len(bench)}-slice CT series: {n} instances, "
-          f"{sum(len(b) for b in in_memory) / 1e6:.1f} MB; median of {args.repeat}; {os.cpu_count()} CPUs")
-    for name in ("ceiling REST", "ceiling WADO-RS"):
-        print(f"  {name:<26} {med(results[name]):6.3f} s  {n / med(results[name]):6.0f} files/s")
-    for name in [*[f"gateway workers={w}" for w in args.workers], *[f"gateway DIMSE {m}" for m in dimse],
-                 *(["pull, files prepared"] if "pull, files prepared" in results else [])]:
-        t = med(results[name])
-        print(f"  {name:<26} {t:6.3f} s  {n / t:6.0f} files/s  {ceiling / t:5.0%} of the REST ceiling "
-              f"({wado / t:4.0%} of WADO-RS), {naive_time / t:4.1f}x the naive pipeline   {_all(results[name])}")
-    print(f"  {'naive (dicomweb-client + dicognito)':<26} {naive_time:6.3f} s  {n / naive_time:6.0f} files/s")
-    if meter.available:
-        cpus = os.cpu_count() or 1
-        print(f"CPU time per run, all processes (this one, the gateway's workers, Orthanc), median; "
-              f"/ {cpus} CPUs = the shortest the run could take here:")
-        for name, values in cpu.items():
-            used, in_orthanc = med(v[0] for v in values), med(v[1] for v in values)
-            print(f"  {name:<26} {used * 1000:6.1f} core-ms (Orthanc {in_orthanc * 1000:5.1f})  / {cpus} = "
-                  f"{used / cpus * 1000:5.1f} ms (measured {med(results[name]) * 1000:5.1f} ms)")
-        floor = min(med(v[0] for v in cpu[f"gateway workers={w}"]) for w in args.workers) / cpus
-        print(f"  70 % of the REST ceiling is {ceiling / 0.7 * 1000:.1f} ms; the gateway's CPU alone needs "
-              f"at least {floor * 1000:.1f} ms on {cpus} CPUs")
+    print(f"median of {args.repeat}; {os.cpu_count()} CPUs")
+    for study in studies:
+        report(rec, study, sizes[study.prefix], args.workers, list(dimse) if study is issue_study else [])
     print(f"multi-frame object ({cine.number_of_frames}-frame {cine.transfer_syntax_name} ultrasound):")
     for name in ("cine ceiling", "cine gateway", "cine gateway: WADO-RS retrieval", "cine naive"):
-        print(f"  {name:<26} {med(results[name]) * 1000:6.1f} ms")
-    print("de-identification alone (parse + de-identify + encode, same 51 files in memory):")
+        print(f"  {name:<26} {rec.median(name) * 1000:6.1f} ms")
+    print(f"de-identification alone (parse + de-identify + encode, same {len(in_memory)} files in memory):")
     for name, rate in deid_rates.items():
         if name.startswith("ms per file"):
             print(f"  {name:<34} {rate:6.2f}")
@@ -267,22 +241,94 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
         print(f"  ratio {name} / dicognito: {deid_rates[name] / deid_rates['dicognito']:.1f}x")
 
     if args.profile:
-        gateway = make_gateway(work / "gw-profile", orthanc, "dicomweb", peer, Workers(0))
-        studies = (await gateway.search("bench", "bench", StudyCriteria(modality="CT")))["studies"]
-        key = next(s["study_key"] for s in studies if s["instances"] == n)
-        # The event loop's thread and the de-identification thread, each profiled in itself
-        # (a profiler sees only the thread that enabled it).
-        profiler, worker_profiler = cProfile.Profile(), cProfile.Profile()
-        await gateway.workers.run(worker_profiler.enable)  # Workers(0): its one thread
-        profiler.enable()
-        await pull(gateway, key)
-        profiler.disable()
-        await gateway.workers.run(worker_profiler.disable)
-        await gateway.aclose()
-        print("event loop thread:")
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-        print("de-identification thread:")
-        pstats.Stats(worker_profiler).sort_stats("tottime").print_stats(40)
+        for study in studies:
+            await profile(work, orthanc, peer, study)
+
+
+async def measure_study(rec: Recorder, study: Study, orthanc: OrthancServer, ids: dict[str, str],
+                        gateways: dict[int, Gateway], keys: dict[tuple[str, str], str],
+                        prepared: dict[bytes, tuple[bytes, Any]], made: set[str], work: Path) -> None:
+    """One timed run of each: the two ceilings, the gateway per workers setting, the naive
+    pipeline and the pull with files prepared."""
+    p = study.prefix
+    with orthanc.client() as client:
+        with rec.timed(f"{p}ceiling REST"):
+            for entry in study.entries:
+                client.get(f"/instances/{ids[entry.sop_instance_uid]}/file").raise_for_status()
+        with rec.timed(f"{p}ceiling WADO-RS"):
+            for series_uid in study.series_uids:
+                with client.stream("GET", f"/dicom-web/studies/{study.study_uid}/series/{series_uid}",
+                                   headers={"Accept": 'multipart/related; type="application/dicom"; '
+                                                      "transfer-syntax=*"}) as r:
+                    for _chunk in r.iter_bytes():
+                        pass
+    for workers, gateway in gateways.items():
+        with rec.timed(f"{p}gateway workers={workers}"):
+            done = await pull(gateway, keys[f"w{workers}", p])
+        assert done["status"] == "done" and done["instances_done"] == len(study.entries), done
+    with rec.timed(f"{p}naive"):
+        await asyncio.to_thread(naive, orthanc, study.study_uid, study.series_uids, work / "naive")
+    # What is left of a pull when de-identification costs nothing: the same pull (one
+    # thread) with every object's file prepared beforehand, only written.
+    if 0 in gateways:
+        with _prepared(prepared):
+            if not any(e.sop_instance_uid in made for e in study.entries):
+                await pull(gateways[0], keys["w0", p])  # untimed: makes the files
+                made.update(e.sop_instance_uid for e in study.entries)
+            with rec.timed(f"{p}pull, files prepared"):
+                done = await pull(gateways[0], keys["w0", p])
+        assert done["status"] == "done", done
+
+
+def report(rec: Recorder, study: Study, size: int, workers: list[int], dimse: list[str]) -> None:
+    p, n = study.prefix, len(study.entries)
+    ceiling, wado, naive_time = (rec.median(f"{p}{name}") for name in ("ceiling REST", "ceiling WADO-RS", "naive"))
+    print(f"{p}{study.title}: {n} instances, {size / 1e6:.1f} MB")
+    for name in ("ceiling REST", "ceiling WADO-RS"):
+        t = rec.median(f"{p}{name}")
+        print(f"  {name:<26} {t:6.3f} s  {n / t:6.0f} files/s")
+    for name in [*[f"gateway workers={w}" for w in workers], *[f"gateway DIMSE {m}" for m in dimse],
+                 *(["pull, files prepared"] if f"{p}pull, files prepared" in rec.results else [])]:
+        t = rec.median(f"{p}{name}")
+        print(f"  {name:<26} {t:6.3f} s  {n / t:6.0f} files/s  {ceiling / t:5.0%} of the REST ceiling "
+              f"({wado / t:4.0%} of WADO-RS), {naive_time / t:4.1f}x the naive pipeline   "
+              f"{_all(rec.results[p + name])}")
+    print(f"  {'naive (dicomweb-client + dicognito)':<26} {naive_time:6.3f} s  {n / naive_time:6.0f} files/s")
+    if not rec.meter.available:
+        return
+    cpus = os.cpu_count() or 1
+    print(f"  CPU time per run, all processes (this one, the gateway's workers, Orthanc), median; "
+          f"/ {cpus} CPUs = the shortest the run could take here:")
+    for name, values in rec.cpu.items():
+        if not name.startswith(p) or (not p and name.startswith("full-size ")):
+            continue
+        used = statistics.median(v[0] for v in values)
+        in_orthanc = statistics.median(v[1] for v in values)
+        print(f"    {name.removeprefix(p):<24} {used * 1000:6.1f} core-ms (Orthanc {in_orthanc * 1000:5.1f})  "
+              f"/ {cpus} = {used / cpus * 1000:5.1f} ms (measured {rec.median(name) * 1000:5.1f} ms)")
+    floor = min(statistics.median(v[0] for v in rec.cpu[f"{p}gateway workers={w}"]) for w in workers) / cpus
+    print(f"  70 % of the REST ceiling is {ceiling / 0.7 * 1000:.1f} ms; the gateway's CPU alone needs "
+          f"at least {floor * 1000:.1f} ms on {cpus} CPUs")
+
+
+async def profile(work: Path, orthanc: OrthancServer, peer: Modality, study: Study) -> None:
+    """Where one pull (one thread) spends its time: the event loop's thread and the
+    de-identification thread, each profiled in itself (a profiler sees only its thread)."""
+    gateway = make_gateway(work / f"gw-profile-{study.prefix.strip()}", orthanc, "dicomweb", peer, Workers(0))
+    found = (await gateway.search("bench", "bench", StudyCriteria(description=study.description,
+                                                                   modality="CT")))["studies"]
+    key = next(s["study_key"] for s in found if s["instances"] == len(study.entries))
+    profiler, worker_profiler = cProfile.Profile(), cProfile.Profile()
+    await gateway.workers.run(worker_profiler.enable)  # Workers(0): its one thread
+    profiler.enable()
+    await pull(gateway, key)
+    profiler.disable()
+    await gateway.workers.run(worker_profiler.disable)
+    await gateway.aclose()
+    print(f"{study.prefix}event loop thread:")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    print(f"{study.prefix}de-identification thread:")
+    pstats.Stats(worker_profiler).sort_stats("tottime").print_stats(40)
 
 
 def make_gateway(private: Path, orthanc: OrthancServer, integration: str, peer: Modality, workers: Workers,
@@ -437,10 +483,13 @@ def _prepared(prepared: dict[bytes, tuple[bytes, Any]]) -> Iterator[None]:
 
     def write_prepared(body: bytes, content_type: str, study_uid: str, keys: ProjectKeys,
                        policy: DeidPolicy, target: Any, pull_id: str = "") -> Delivered:
-        if body not in prepared:
+        # Keyed by the object's head (its UIDs) and tail (its last pixels), not the whole
+        # body: hashing 26 MB of bodies on every pull would cost this row ~20 ms of its own.
+        key = body[:16384] + body[-256:]
+        if key not in prepared:
             made = deidentified(body, content_type, study_uid, keys, policy, SeriesMemo())
-            prepared[body] = (made.data, made.row)
-        data, row = prepared[body]
+            prepared[key] = (made.data, made.row)
+        data, row = prepared[key]
         store_instance(target, row.file, data)
         return Delivered(row)
 

@@ -58,6 +58,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, RLELossless, generate_u
 __all__ = [
     "BENCHMARK_SERIES_DESCRIPTION",
     "BENCHMARK_SERIES_LENGTH",
+    "FULL_SIZE_SERIES_DESCRIPTION",
     "INDEX_NAME",
     "ArchiveBuildError",
     "ArchiveEntry",
@@ -77,6 +78,7 @@ PRIVATE_GROUP = 0x0099
 PRIVATE_CREATOR = "DEMO HOSPITAL RIPA"
 BENCHMARK_SERIES_LENGTH = 50
 BENCHMARK_SERIES_DESCRIPTION = "CT Thorax 5 mm (benchmark)"
+FULL_SIZE_SERIES_DESCRIPTION = "CT Abdomen 512x512 5 mm (benchmark)"
 
 # UIDs that name a standard thing rather than an instance: kept as they are.
 _STANDARD_UID_ROOT = "1.2.840.10008."
@@ -197,6 +199,14 @@ _PLAN: tuple[_Study, ...] = (
 )
 
 
+# Only with ``build_archive(..., full_size_ct=True)`` (the gateway benchmark): the demo's CT
+# slices are 128x128 (35 kB), a real CT slice is 512x512 (0.5 MB), and where a pull spends
+# its time changes with the size (copies, reads and the filesystem sync grow with bytes).
+_FULL_SIZE_STUDY = _Study(_DAVID, "DEMOACC0009", "20230301", "100000", "CT ABDOMEN", (
+    _Series("693_UNCR.dcm", FULL_SIZE_SERIES_DESCRIPTION, slices=BENCHMARK_SERIES_LENGTH),
+))
+
+
 # --------------------------------------------------------------------------- the result
 
 
@@ -264,6 +274,13 @@ class DemoArchive:
             if entries[0].series_description == BENCHMARK_SERIES_DESCRIPTION:
                 return entries
         raise LookupError("the archive has no benchmark series")
+
+    def full_size_series(self) -> list[ArchiveEntry]:
+        """The 50-slice 512x512 CT series, in archives built with ``full_size_ct=True``."""
+        for entries in self.series().values():
+            if entries[0].series_description == FULL_SIZE_SERIES_DESCRIPTION:
+                return entries
+        raise LookupError("the archive has no full-size series (build it with full_size_ct=True)")
 
     def to_json(self) -> dict[str, Any]:
         patients: dict[str, dict[str, Any]] = {}
@@ -541,6 +558,7 @@ def build_archive(
     *,
     seed: str = DEFAULT_SEED,
     overwrite: bool = False,
+    full_size_ct: bool = False,
 ) -> DemoArchive:
     """Write the demo archive into ``outdir`` and return its index.
 
@@ -551,6 +569,9 @@ def build_archive(
     The result depends only on ``seed`` and the installed source files: the same seed gives
     the same UIDs and the same bytes. Raises :class:`ArchiveBuildError` when a source file is
     missing or when a source identifier would survive re-identification.
+
+    ``full_size_ct`` adds a ninth study (the fourth patient's) with 50 slices of 512x512 CT
+    (26 MB), for benchmarks that need the size of a real series; the demo and tests leave it out.
     """
     root = Path(outdir)
     _prepare_outdir(root, overwrite)
@@ -558,7 +579,7 @@ def build_archive(
     entries: list[ArchiveEntry] = []
     # Sources are read once; the same source used twice must be re-identified independently.
     sources: dict[str, Dataset] = {}
-    for study in _PLAN:
+    for study in (*_PLAN, _FULL_SIZE_STUDY) if full_size_ct else _PLAN:
         study_uid = _uid(seed, "study", study.accession)
         study_dir = root / study.patient.patient_id / f"{study.study_date}_{study.accession}"
         for number, series in enumerate(study.series, start=1):

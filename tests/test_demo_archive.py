@@ -86,6 +86,25 @@ def test_modalities_transfer_syntaxes_and_multiframe_objects(demo_archive: DemoA
     assert multi["emri_small_jpeg_2k_lossless.dcm"].compressed  # compressed multi-frame
 
 
+def test_full_size_series_only_when_asked(demo_archive: DemoArchive, tmp_path: Path) -> None:
+    """The gateway benchmark's 50 slices of 512x512 CT: real-size pixels, differing per
+    slice, none of the source's UIDs, and absent from the demo's own archive."""
+    with pytest.raises(LookupError, match="full_size_ct"):
+        demo_archive.full_size_series()
+    archive = build_archive(tmp_path / "full", seed=demo_archive.seed, full_size_ct=True)
+    series = archive.full_size_series()
+    assert len(series) == 50 and len(archive.entries) == len(demo_archive.entries) + 50
+    assert {(e.rows, e.columns, e.modality, e.study_description) for e in series} == {(512, 512, "CT", "CT ABDOMEN")}
+    assert {e.patient_id for e in series} < {e.patient_id for e in demo_archive.entries}
+    first, last = (_read(archive, e) for e in (series[0], series[-1]))
+    assert not np.array_equal(first.pixel_array, last.pixel_array)
+    leaked = _source_uids("693_UNCR.dcm") & {str(v.value) for ds in (first, last) for v in ds.iterall()
+                                             if v.VR == "UI"}
+    assert leaked == set()
+    # The demo's own files are the same with or without it.
+    assert archive.entries[: len(demo_archive.entries)] == demo_archive.entries
+
+
 def test_benchmark_series_has_50_consistently_stepped_instances(demo_archive: DemoArchive) -> None:
     series = demo_archive.benchmark_series()
     assert len(series) == BENCHMARK_SERIES_LENGTH == 50

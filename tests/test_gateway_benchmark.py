@@ -25,8 +25,12 @@ def test_gateway_benchmark_smoke() -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     out = result.stdout
-    for row in ("gateway workers=0", "gateway workers=2", "pull, files prepared"):
-        assert re.search(rf"{row}\s+[\d.]+ s\s+\d+ files/s\s+\d+% of the REST ceiling", out), row
+    issue_study, full_size = out.split("\nfull-size ", 1)
+    for section in (issue_study, full_size):
+        for row in ("gateway workers=0", "gateway workers=2", "pull, files prepared"):
+            assert re.search(rf"{row}\s+[\d.]+ s\s+\d+ files/s\s+\d+% of the REST ceiling", section), row
+    assert "50 slices of 512x512 CT" in full_size and "26.3 MB" in full_size
     assert "70 % of the REST ceiling is" in out and "cine gateway: WADO-RS retrieval" in out
     assert re.search(r"ratio gateway, series memo / dicognito: [\d.]+x", out)
     assert "event loop thread:" in out and "de-identification thread:" in out
+    assert "full-size event loop thread:" in out
