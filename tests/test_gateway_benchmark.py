@@ -29,6 +29,8 @@ def test_gateway_benchmark_smoke() -> None:
     for section in (issue_study, full_size):
         for row in ("gateway workers=0", "gateway workers=2", "pull, files prepared"):
             assert re.search(rf"{row}\s+[\d.]+ s\s+\d+ files/s\s+\d+% of the REST ceiling", section), row
+        assert re.search(r"ceiling REST, stored\s+[\d.]+ s", section)
+        assert re.search(r"share of the REST download written and synced .*: gateway workers=0 \d+%", section)
     assert "50 slices of 512x512 CT" in full_size and "26.3 MB" in full_size
     assert "70 % of the REST ceiling is" in out and "cine gateway: WADO-RS retrieval" in out
     assert re.search(r"ratio gateway, series memo / dicognito: [\d.]+x", out)
