@@ -223,6 +223,7 @@ def test_a_failing_write_can_be_aborted(tmp_path: Path, ct: Dataset) -> None:
 def test_commit_puts_everything_on_disk_with_one_filesystem_sync(tmp_path: Path, ct: Dataset,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
+    monkeypatch.setattr(delivery, "unwritten_bytes", lambda: 0)
     monkeypatch.setattr(delivery, "sync_filesystem", lambda fd: synced.append(fd) or True)
     monkeypatch.setattr(delivery.os, "fsync", lambda fd: pytest.fail("fsync per file"))
     writer = PullWriter(tmp_path, "pull-s")
@@ -248,6 +249,42 @@ def test_commit_syncs_each_file_where_there_is_no_syncfs(tmp_path: Path, ct: Dat
     assert len(synced) == 2 + 2 + 2 + 1 + 1
 
 
+@pytest.mark.parametrize("unwritten", [None, delivery.SYNCFS_OTHERS_LIMIT + 1, 10 * 1024**3])
+def test_commit_syncs_each_file_when_others_have_much_unwritten(tmp_path: Path, ct: Dataset,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                unwritten: int | None) -> None:
+    """syncfs would wait for every other writer's dirty pages too (a notebook writing
+    gigabytes to the same disk): then, or when the machine will not say, each file is synced."""
+    writer = PullWriter(tmp_path, "pull-d")
+    row = writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    others = None if unwritten is None else unwritten + row.bytes  # the pull's own count too
+    monkeypatch.setattr(delivery, "unwritten_bytes", lambda: others)
+    monkeypatch.setattr(delivery, "sync_filesystem", lambda fd: pytest.fail("syncfs"))
+    synced: list[int] = []
+    real = delivery.os.fsync
+    monkeypatch.setattr(delivery.os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    writer.commit(HEADER)
+    assert len(synced) == 1 + 2 + 2 + 1 + 1  # image, manifests, study and series, pull, samples
+
+
+def test_commit_syncs_the_filesystem_beside_a_little_unwritten_data(tmp_path: Path, ct: Dataset,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = PullWriter(tmp_path, "pull-l")
+    row = writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    monkeypatch.setattr(delivery, "unwritten_bytes", lambda: delivery.SYNCFS_OTHERS_LIMIT + row.bytes)
+    synced: list[int] = []
+    monkeypatch.setattr(delivery, "sync_filesystem", lambda fd: synced.append(fd) or True)
+    writer.commit(HEADER)
+    assert len(synced) == 1
+
+
+def test_unwritten_bytes_reads_this_machine() -> None:
+    if not Path("/proc/meminfo").exists():
+        pytest.skip("no /proc/meminfo here (not Linux)")
+    unwritten = delivery.unwritten_bytes()
+    assert isinstance(unwritten, int) and unwritten >= 0
+
+
 def test_syncfs_errors_fail_the_commit(tmp_path: Path, ct: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
@@ -257,6 +294,7 @@ def test_syncfs_errors_fail_the_commit(tmp_path: Path, ct: Dataset, monkeypatch:
             return -1
 
     monkeypatch.setattr(delivery, "_syncfs", Failing())
+    monkeypatch.setattr(delivery, "unwritten_bytes", lambda: 0)
     writer = PullWriter(tmp_path, "pull-e")
     writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
     with pytest.raises(OSError) as failed:
