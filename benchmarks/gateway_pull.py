@@ -143,15 +143,21 @@ class Recorder:
         self.meter = meter
         self.results: dict[str, list[float]] = {}
         self.cpu: dict[str, list[tuple[float, float]]] = {}
+        self._depth = 0  # a run timed inside another: no sync (it would count in the outer)
 
     @contextlib.contextmanager
     def timed(self, name: str, cpu: bool = True) -> Iterator[None]:
         # Every run starts with nothing unwritten: the naive pipeline never syncs, and its
         # files would otherwise make the next run's sync (or the pull's choice of sync) pay.
-        os.sync()
+        if not self._depth:
+            os.sync()
         before = self.meter.now() if cpu else (0, 0)  # outside the timed span: it scans /proc
         started = time.perf_counter()
-        yield
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
         self.results.setdefault(name, []).append(time.perf_counter() - started)
         if cpu:
             (total, apart), (total0, apart0) = self.meter.now(), before
@@ -228,7 +234,8 @@ async def run(args: argparse.Namespace, work: Path, orthanc: OrthancServer, arch
     for gateway in [*gateways.values(), *dimse.values()]:
         await gateway.aclose()
 
-    print(f"median of {args.repeat}; {os.cpu_count()} CPUs")
+    print(f"median of {args.repeat}; {os.cpu_count()} CPUs; files written to {filesystem_of(work)} "
+          "(tmpfs: the syncs cost nothing)")
     for study in studies:
         report(rec, study, sizes[study.prefix], args.workers, list(dimse) if study is issue_study else [])
     print(f"multi-frame object ({cine.number_of_frames}-frame {cine.transfer_syntax_name} ultrasound):")
@@ -269,7 +276,11 @@ async def measure_study(rec: Recorder, study: Study, orthanc: OrthancServer, ids
                 (stored / f"{entry.sop_instance_uid}.dcm").write_bytes(data)
             folder = os.open(stored, os.O_RDONLY)
             try:
-                sync_filesystem(folder)
+                if not sync_filesystem(folder):  # no syncfs here: each file, as a pull would
+                    for path in stored.iterdir():
+                        with path.open("rb") as file:
+                            os.fsync(file.fileno())
+                    os.fsync(folder)
             finally:
                 os.close(folder)
         with rec.timed(f"{p}ceiling WADO-RS"):
@@ -521,6 +532,18 @@ def _prepared(prepared: dict[bytes, tuple[bytes, Any]]) -> Iterator[None]:
         yield
     finally:
         pipeline_module.process = original
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (the longest mount point above it)."""
+    best, kind = "", "unknown filesystem"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and (str(path) + "/").startswith(fields[1].rstrip("/") + "/") \
+                    and len(fields[1]) >= len(best):
+                best, kind = fields[1], fields[2]
+    return kind
 
 
 def _all(values: list[float]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import csv
 import hashlib
 import json
@@ -265,6 +266,19 @@ def test_commit_syncs_each_file_when_others_have_much_unwritten(tmp_path: Path, 
     monkeypatch.setattr(delivery.os, "fsync", lambda fd: synced.append(fd) or real(fd))
     writer.commit(HEADER)
     assert len(synced) == 1 + 2 + 2 + 1 + 1  # image, manifests, study and series, pull, samples
+
+
+def test_a_big_pull_already_written_out_does_not_hide_others_data(tmp_path: Path, ct: Dataset,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 256 MB pull the kernel has already written out, 200 MB of another writer's data
+    unwritten: subtracting the whole pull would call that 'nothing else' and syncfs would
+    wait for it. At most SYNCFS_OTHERS_LIMIT of the pull's own bytes are counted off."""
+    writer = PullWriter(tmp_path, "pull-b")
+    writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    writer.rows[0] = dataclasses.replace(writer.rows[0], bytes=256 * 1024**2)
+    monkeypatch.setattr(delivery, "unwritten_bytes", lambda: 200 * 1024**2)
+    monkeypatch.setattr(delivery, "sync_filesystem", lambda fd: pytest.fail("syncfs"))
+    writer.commit(HEADER)
 
 
 def test_commit_syncs_the_filesystem_beside_a_little_unwritten_data(tmp_path: Path, ct: Dataset,

@@ -38,8 +38,9 @@ ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 #: of them (26 MB) from 29 to 19 ms here. A read returns what has arrived, never waits to
 #: fill the size. Set for the whole gateway process (its other httpx clients gain too).
 READ_BYTES = 1024 * 1024
-if getattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES", READ_BYTES) < READ_BYTES:
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_BYTES
+_connection = getattr(httpcore, "AsyncHTTP11Connection", None)
+if _connection is not None and getattr(_connection, "READ_NUM_BYTES", READ_BYTES) < READ_BYTES:
+    _connection.READ_NUM_BYTES = READ_BYTES
 
 
 @dataclass(frozen=True)

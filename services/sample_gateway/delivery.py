@@ -441,8 +441,11 @@ def unwritten_bytes() -> int | None:
 
 
 def _little_else_unwritten(own: int) -> bool:
+    """Whether syncfs would wait for at most SYNCFS_OTHERS_LIMIT of others' data. The pull's
+    own bytes may already be on disk (a long pull, background writeback): counting them all
+    as still unwritten would hide as much of others' data, so at most the limit is."""
     unwritten = unwritten_bytes()
-    return unwritten is not None and unwritten - own <= SYNCFS_OTHERS_LIMIT
+    return unwritten is not None and unwritten - min(own, SYNCFS_OTHERS_LIMIT) <= SYNCFS_OTHERS_LIMIT
 
 
 def _share_with_group(fd: int, group: int) -> None:
