@@ -36,3 +36,18 @@ def test_gateway_benchmark_smoke() -> None:
     assert re.search(r"ratio gateway, series memo / dicognito: [\d.]+x", out)
     assert "event loop thread:" in out and "de-identification thread:" in out
     assert "full-size event loop thread:" in out
+
+
+def test_commit_beside_writer_benchmark_smoke() -> None:
+    """The commit benchmark runs and reports both conditions (it swaps the gateway's
+    SYNCFS_OTHERS_LIMIT; a rename there would break it silently otherwise)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gateway_commit_beside_writer.py"), "--repeat", "1",
+         "--other-mb", "40"],
+        check=False, capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    for condition in ("quiet disk:", "beside 40 MB unwritten:"):
+        section = result.stdout.split(condition, 1)[1]
+        assert re.search(r"the gateway's choice\s+[\d.]+ ms", section)
+        assert re.search(r"ratio syncfs always / the gateway's choice: [\d.]+", section)
