@@ -244,7 +244,7 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
 
     def prepare_project_dir(self) -> None:
         """The project's shared workspace (0770, the server's account) with the gateway's
-        ``samples`` inside it (which stays the gateway's)."""
+        ``samples`` inside it (which stays the gateway's, readable by the account's group)."""
         assert self.selection is not None
         project_dir = self.storage.project_dir(self.selection.project.id)
         project_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +257,15 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         if self.server_user:
             account = pwd.getpwnam(self.server_user)
             _hand_over(project_dir, account.pw_uid, account.pw_gid, 0o770, recursive=False)
+            # Here, not at the top: the delivery module brings pydicom (0.24 s) into the hub.
+            from services.sample_gateway.delivery import share_samples
+            from services.sample_gateway.errors import WorkspaceUnusable
+
+            try:  # pulls made before this first hand-over had the hub's group: unreadable
+                share_samples(project_dir, account.pw_gid)
+            except (OSError, WorkspaceUnusable) as error:
+                self.log.warning("project %s: its samples could not be shared with its servers: %s",
+                                 self.selection.project.id, error)
 
     def home_setup_plan(self) -> dict[str, Any]:
         assert self.selection is not None

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -329,6 +330,49 @@ def test_delivered_files_and_folders_belong_to_the_project_group(tmp_path: Path,
     paths = [final, *final.rglob("*")]
     assert len(paths) == 1 + 2 + 1 + 2  # the pull, study and series folders, the image, 2 manifests
     assert {p.stat().st_gid for p in paths} == {group}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another group needs root")
+def test_pulls_made_before_the_project_had_its_group_are_shared_later(tmp_path: Path, ct: Dataset) -> None:
+    """A pull before the project's first server start: the project folder (and so the pull,
+    and the samples folder the gateway made) had root's group. share_samples, called as the
+    spawner hands the project folder over, gives them the servers' group; it never follows a
+    link out, never touches a pull still being written."""
+    group = 65534  # nogroup: not root's
+    project = tmp_path / "project"
+    project.mkdir()
+    os.chown(project, -1, 0)
+    writer = PullWriter(project, "pull-early")
+    writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    final = writer.commit(HEADER)
+    samples = project / "samples"
+    assert samples.stat().st_gid == 0 and final.stat().st_gid == 0
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the project's")
+    os.chown(outside, -1, 0)
+    series_dir = next(p for p in final.rglob("*") if p.is_dir() and p.parent != final)
+    (series_dir / "link").symlink_to(outside)
+    busy = PullWriter(project, "pull-busy")  # a .partial- folder, being written
+    os.chown(project, -1, group)  # the spawner's hand-over
+    changed = delivery.share_samples(project, group)
+    everything = [samples, final, *final.rglob("*")]
+    assert {p.lstat().st_gid for p in everything} == {group}
+    assert changed == len(everything)
+    assert outside.stat().st_gid == 0  # the link was not followed
+    assert busy.partial.stat().st_gid == 0
+    assert stat.S_IMODE(samples.stat().st_mode) == delivery.DIR_MODE  # group reads, nobody writes
+    assert delivery.share_samples(project, group) == 0  # nothing left to change
+    busy.abort()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another group needs root")
+def test_a_samples_folder_that_is_not_the_gateways_is_left_alone(tmp_path: Path) -> None:
+    samples = tmp_path / "samples"
+    (samples / "pull-x").mkdir(parents=True)
+    os.chown(samples, 65534, 0)  # made by someone else (a server's account)
+    assert delivery.share_samples(tmp_path, 65534) == 0
+    assert (samples / "pull-x").stat().st_gid == 0
+    assert delivery.share_samples(tmp_path / "no-such-project", 65534) == 0
 
 
 def test_remove_partials(tmp_path: Path) -> None:

@@ -160,3 +160,33 @@ async def test_links_planted_in_a_home_do_not_make_the_hub_write_elsewhere(plant
             await spawner.set_up_home()
         assert sorted((p.name, p.lstat().st_uid) for p in victim.iterdir()) == before
         assert victim.stat().st_uid == 0
+
+
+def test_a_pull_made_before_the_first_server_start_is_readable_by_the_server() -> None:
+    """Found by a new user: pulling samples before ever starting a server left ``samples``
+    and the pull with root's group, and the server's account could never read them."""
+    if os.geteuid() != 0:
+        pytest.skip("switching accounts needs a root hub")
+    try:
+        pwd.getpwnam("workbench")
+    except KeyError:
+        pytest.skip("no 'workbench' account here (scripts/setup creates it)")
+    from jupyterhub.spawner import set_user_setuid
+
+    from services.sample_gateway.delivery import PullWriter
+
+    with tempfile.TemporaryDirectory(prefix="wb-local-") as where:
+        base = Path(where)
+        base.chmod(0o711)
+        spawner = make(base, server_user="workbench")
+        (base / "data").mkdir(mode=0o711)
+        project_dir = spawner.storage.project_dir("magi")
+        # The gateway pulls first: it makes the project folder and samples itself.
+        pulled = PullWriter(project_dir, "pull-first").commit({"pull": "pull-first", "project": "magi"})
+        spawner.selection = types.SimpleNamespace(project=types.SimpleNamespace(id="magi"))
+        spawner.prepare_project_dir()
+        result = subprocess.run(["cat", str(pulled / "manifest.csv")],
+                                preexec_fn=set_user_setuid("workbench", chdir=False),
+                                capture_output=True, text=True, check=False, cwd="/")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("file,sha256")

@@ -279,15 +279,59 @@ class PullWriter:
 
 def open_workspace_folder(project_dir: Path, folder: str, *, create: bool = True) -> int:
     """A descriptor of ``project_dir/folder``, refusing a link or a non-folder there; made
-    (mode 0750) when missing and ``create``."""
+    (mode 0750, the project folder's group) when missing and ``create``."""
     if create:
         project_dir.mkdir(parents=True, exist_ok=True)
     project_fd = os.open(project_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         return _open_folder(project_fd, folder, project_dir, (folder,),
-                            create_mode=DIR_MODE if create else None)
+                            create_mode=DIR_MODE if create else None,
+                            group=os.fstat(project_fd).st_gid if create else -1)
     finally:
         os.close(project_fd)
+
+
+def share_samples(project_dir: Path, group: int, folder: str = "samples") -> int:
+    """Give ``samples`` and the pulls in it to the project's ``group`` (modes unchanged: the
+    group reads, nobody writes); returns how many folders and files changed group.
+
+    A pull takes the project folder's group when it is made. One made before the project
+    folder was handed to its servers' group (a pull before the project's first server start)
+    would stay unreadable to them, and so would ``samples`` if the gateway made it then. The
+    spawner calls this as it hands the project folder over. Only a ``samples`` owned by this
+    process's user (the gateway's, as the hub's) is walked, by descriptors, never through a
+    link; pulls still being written (``.partial-*``) are left to their commit."""
+    try:
+        samples_fd = open_workspace_folder(project_dir, folder, create=False)
+    except FileNotFoundError:
+        return 0
+    changed = 0
+    try:
+        st = os.fstat(samples_fd)
+        if st.st_uid != os.geteuid():
+            log.warning("%s/%s is not the gateway's: its pulls are left as they are", project_dir, folder)
+            return 0
+        if st.st_gid != group:
+            os.fchown(samples_fd, -1, group)
+            changed += 1
+        for entry in os.scandir(samples_fd):
+            if entry.name.startswith(".partial-") or not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_gid == group:
+                continue
+            pull_fd = os.open(entry.name, _DIR_FLAGS, dir_fd=samples_fd)
+            try:
+                for _, dirs, files, dir_fd in os.fwalk(".", dir_fd=pull_fd, follow_symlinks=False):
+                    for name in dirs + files:
+                        os.chown(name, -1, group, dir_fd=dir_fd, follow_symlinks=False)
+                        changed += 1
+                os.fchown(pull_fd, -1, group)
+                changed += 1
+            finally:
+                os.close(pull_fd)
+    finally:
+        os.close(samples_fd)
+    return changed
 
 
 def write_instance(target: PartialFolder, ds: Dataset) -> ManifestRow:
