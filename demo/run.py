@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000, help="the hub's port on 127.0.0.1 (default 8000)")
     args = parser.parse_args(argv)
+    _stop_on_signals()
 
     try:
         config = load_config(config_path())
@@ -140,10 +141,16 @@ def _print_logins(url: str, config, passwords: dict[str, str]) -> None:  # noqa:
     print("\n  Ctrl-C stops the hub, the gateway, the servers and Orthanc.\n", flush=True)
 
 
-def _wait_for_ctrl_c(hub: HubProcess) -> None:
-    # SIGINT too: a demo started in the background by a script inherits SIGINT ignored.
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the demo. Set before anything is started: a demo started in
+    the background by a script inherits SIGINT ignored, and so would Orthanc, the hub and its
+    services (a process keeps an ignored signal across exec, a handled one is reset), each
+    then waiting out the hub's timeouts when told to stop."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+def _wait_for_ctrl_c(hub: HubProcess) -> None:
     while hub.process is not None and hub.process.poll() is None:
         time.sleep(0.5)
     raise RuntimeError(f"JupyterHub stopped unexpectedly:\n{hub.log_tail()}")

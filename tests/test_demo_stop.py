@@ -48,3 +48,24 @@ def test_stop_leaves_no_proxy_server_or_kernel_behind(workbench_files: Workbench
     time.sleep(0.5)
     left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == [], [" ".join(p.cmdline()) for p in left]
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_demo_started_in_the_background_gives_its_children_ctrl_c_back() -> None:
+    """A script's background job inherits SIGINT ignored; the demo's hub and services did
+    too, so each waited out the hub's stop timeouts (a new user timed 33-36 s to stop)."""
+    import signal
+    import subprocess
+    import sys
+
+    probe = ("import subprocess, sys; {setup}"
+             "out = subprocess.run(['grep', 'SigIgn', '/proc/self/status'], capture_output=True, text=True);"
+             "print(int(out.stdout.split()[1], 16) & 2)")
+
+    def ignored_in_child(setup: str) -> bool:
+        result = subprocess.run([sys.executable, "-c", probe.format(setup=setup)], capture_output=True,
+                                text=True, check=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        return result.stdout.strip() != "0"
+
+    assert ignored_in_child("")  # the control: ignored SIGINT is inherited
+    assert not ignored_in_child("from demo.run import _stop_on_signals; _stop_on_signals();")
