@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
-from traitlets import Unicode
+from traitlets import Unicode, default
 
 from services.teaching.rules import login_decision
 
@@ -25,6 +25,12 @@ class WorkbenchDemoAuthenticator(SharedPasswordAuthenticator):
     workbench_config_file = Unicode(
         "", config=True, help="Workbench YAML; empty means $WORKBENCH_CONFIG or the demo file."
     )
+
+    @default("any_allow_config")
+    def _the_yaml_allows(self) -> bool:
+        """Who may log in is the workbench YAML's (check_allowed), not allowed_users: without
+        this JupyterHub warns at every start that nobody may be able to log in."""
+        return True
 
     def _decision(self, username: str):  # noqa: ANN202
         # Re-read on each login so people added to a project can log in without a restart.

@@ -158,6 +158,13 @@ class WorkbenchSpawnerMixin(HasTraits):
     def _default_options_from_form(self):  # noqa: ANN202
         return options_from_formdata
 
+    @default("apply_user_options")
+    def _applied_by_the_selection(self):  # noqa: ANN202
+        """user_options (project, profile, ...) are checked and applied as one selection in
+        run_pre_spawn_hook, not key by key; saying so stops JupyterHub logging them as
+        unhandled at every start."""
+        return _options_applied_by_selection
+
     # Checks before start (form and REST API alike) --------------------------------------------
     def run_pre_spawn_hook(self):  # noqa: ANN201 - JupyterHub's signature
         self.selection = self.check_selection(self.user_options or {})
@@ -576,3 +583,7 @@ def _spawn_refusal(error: QuotaError) -> Exception:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _options_applied_by_selection(spawner: Any, user_options: dict[str, Any]) -> None:
+    """See WorkbenchSpawnerMixin._applied_by_the_selection."""

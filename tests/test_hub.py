@@ -77,6 +77,9 @@ def test_spawn_through_the_api_runs_a_real_server_for_the_project(hub: RunningHu
     assert (home / "datasets" / "phantoms" / "README.txt").exists()
     assert (home / "examples" / "01-sample-pull.ipynb").exists()
     assert hub.process.log_path.stat().st_mode & 0o077 == 0, "the hub's log is the hub's alone"
+    # No false alarms in it for an admin to chase (a new user's trial found both).
+    log = hub.process.log_path.read_text(errors="replace")
+    assert "unhandled user_options" not in log and "No allow config found" not in log
     # A JupyterLab terminal is an interactive, not a login, shell (Debian's /etc/profile would
     # reset PATH) and finds the workbench's Python first: `python -m extensions.runs` works.
     terminal = httpx.post(f"{hub.url}/user/anna/api/terminals", headers={"Authorization": f"token {hub.token}"})
