@@ -185,7 +185,11 @@ def _check_one_series(headers: list[tuple[Path, Dataset]]) -> None:
 
     series = distinct("SeriesInstanceUID")
     if len(series) > 1:
-        raise MixedSeriesError(f"{len(series)} series in the input: {', '.join(sorted(series))}")
+        raise MixedSeriesError(
+            f"{len(series)} series in the input: {', '.join(sorted(series))}. Open one series "
+            "at a time: its folder (<pull>/<study>/<series UID>), or the files of one "
+            "series_uid in the pull's manifest.csv"
+        )
     for keyword in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
                     "BitsAllocated"):
         values = distinct(keyword)

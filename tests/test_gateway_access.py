@@ -59,7 +59,8 @@ def test_non_member_or_unknown_project(user: str, project_id: str) -> None:
     assert (error.reason, error.status) == ("not_member", 403)
     assert error.message == (
         f"You are not a member of a project called {project_id!r}; only members of an "
-        "approved project can search or pull from the archive."
+        "approved project can search or pull from the archive. Ask your project lead to have "
+        "the workbench's admins add you."
     )
     assert error.to_json() == {"error": {"message": error.message, "reason": "not_member"}}
 
@@ -71,7 +72,8 @@ def test_approval_is_valid_through_its_last_day() -> None:
     assert (error.reason, error.status) == ("approval_expired", 403)
     assert error.message == (
         "The approval for project magi (ETH-2024-17) expired on 2025-06-30: no searches or "
-        "pulls until it is renewed."
+        "pulls until it is renewed. The project lead renews it with the approving body; the "
+        "workbench's admins then enter the new approval."
     )
 
 

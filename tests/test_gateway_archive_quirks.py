@@ -129,9 +129,9 @@ async def test_case_sensitive_archive_is_asked_each_spelling_and_shows_a_study_o
         # Every spelling finds nothing for this combination: the gateway reads the range itself.
         odd = await search(gateway, description="odd thorax")
         assert descriptions(odd) == ["tHoRaX odd"]
-        assert any("checked the studies of your date and modality range" in n for n in odd["notices"])
+        assert any("read the studies of your date and modality range" in n for n in odd["notices"])
         none = await search(gateway, description="abdomen")
-        assert none["studies"] == [] and any("checked" in n for n in none["notices"])
+        assert none["studies"] == [] and any("compared their descriptions" in n for n in none["notices"])
 
 
 async def test_a_case_insensitive_archive_is_recognised_and_asked_once(tmp_path: Path) -> None:

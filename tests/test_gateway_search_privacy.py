@@ -65,7 +65,7 @@ async def test_nothing_shown_depends_on_original_dates(tmp_path: Path) -> None:
             assert answer["studies"] == []
             answers.append((answer["notices"], answer["complete"], answer["next_page"]))
         assert all(a == answers[0] for a in answers), answers
-        assert any("checked the studies" in n for n in answers[0][0])
+        assert any("read the studies" in n for n in answers[0][0])
 
 
 async def test_page_tokens_carry_no_plain_hash_of_an_original_uid(tmp_path: Path) -> None:

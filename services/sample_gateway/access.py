@@ -22,13 +22,16 @@ def project_for_pull(
     if project is None or username not in project.members:
         raise NotAllowed(
             f"You are not a member of a project called {shown(project_id)}; only members of an "
-            "approved project can search or pull from the archive.",
+            "approved project can search or pull from the archive. Ask your project lead to have "
+            "the workbench's admins add you.",
             reason="not_member",
         )
     if not project.approval_valid_on(today):
         raise NotAllowed(
             f"The approval for project {project.id} ({project.approval.reference}) expired on "
-            f"{project.approval.expires.isoformat()}: no searches or pulls until it is renewed.",
+            f"{project.approval.expires.isoformat()}: no searches or pulls until it is renewed. "
+            "The project lead renews it with the approving body; the workbench's admins then "
+            "enter the new approval.",
             reason="approval_expired",
         )
     if not project.archive.enabled:

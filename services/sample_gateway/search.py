@@ -215,8 +215,8 @@ async def run_search(
 def _scan_notice(archive: Archive, *, more: bool) -> str:
     # No count: how many studies the archive holds in the range it was asked for depends on
     # their original dates (the range is widened for the shift), and would give them away.
-    text = (f"Nothing matched at {archive.name} as it compares text, so the gateway checked the "
-            "studies of your date and modality range itself.")
+    text = (f"{archive.name} matches text exactly, so the gateway also read the studies of your "
+            "date and modality range and compared their descriptions itself.")
     if more:
         text += " 'More' checks further; narrower dates make it faster."
     return text
