@@ -250,22 +250,22 @@ class LocalWorkbenchSpawner(WorkbenchSpawnerMixin, LocalProcessSpawner):
         project_dir.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             project_dir.mkdir()
-        samples = project_dir / "samples"
-        if not samples.is_symlink():  # a planted link is the gateway's to refuse, loudly
-            with contextlib.suppress(FileExistsError):
-                samples.mkdir()
+        # Here, not at the top: the delivery module brings pydicom (0.24 s) into the hub.
+        from services.sample_gateway.delivery import open_workspace_folder, share_samples
+        from services.sample_gateway.errors import WorkspaceUnusable
+
+        try:  # exactly 0750 whatever the umask, never through a link
+            os.close(open_workspace_folder(project_dir, "samples"))
+        except WorkspaceUnusable:
+            pass  # a planted link or file: the gateway refuses it, loudly, at the next pull
         if self.server_user:
             account = pwd.getpwnam(self.server_user)
             _hand_over(project_dir, account.pw_uid, account.pw_gid, 0o770, recursive=False)
-            # Here, not at the top: the delivery module brings pydicom (0.24 s) into the hub.
-            from services.sample_gateway.delivery import share_samples
-            from services.sample_gateway.errors import WorkspaceUnusable
-
             try:  # pulls made before this first hand-over had the hub's group: unreadable
                 share_samples(project_dir, account.pw_gid)
             except (OSError, WorkspaceUnusable) as error:
                 self.log.warning("project %s: its samples could not be shared with its servers: %s",
-                                 self.selection.project.id, error)
+                                 self.selection.project.id, getattr(error, "log_message", error))
 
     def home_setup_plan(self) -> dict[str, Any]:
         assert self.selection is not None

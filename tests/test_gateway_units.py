@@ -375,6 +375,57 @@ def test_a_samples_folder_that_is_not_the_gateways_is_left_alone(tmp_path: Path)
     assert delivery.share_samples(tmp_path / "no-such-project", 65534) == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another group needs root")
+def test_sharing_samples_never_opens_a_fifo_nor_stops_at_a_vanished_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A review's attacks: a FIFO where a folder was (a plain open would block the spawn and
+    the hub with it), a pull someone else owns, a file removed during the walk (one pull
+    deleted must not leave the others unshared), a samples folder its group could write."""
+    import threading
+
+    group = 65534
+    samples = tmp_path / "samples"
+    for pull in ("p1", "p2", "p3"):
+        (samples / pull / "study" / "series").mkdir(parents=True)
+        (samples / pull / "manifest.json").write_text("{}")
+    os.mkfifo(samples / "p1" / "study" / "pipe")
+    (samples / "foreign" / "inner").mkdir(parents=True)
+    os.chown(samples / "foreign", 65534, 0)
+    samples.chmod(0o775)
+    real_chown = os.chown
+    vanish = {"manifest.json"}
+
+    def flaky_chown(name, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if name in vanish:
+            vanish.clear()
+            raise FileNotFoundError(2, "removed meanwhile", name)
+        return real_chown(name, *args, **kwargs)
+
+    monkeypatch.setattr(delivery.os, "chown", flaky_chown)
+    done = threading.Thread(target=delivery.share_samples, args=(tmp_path, group), daemon=True)
+    done.start()
+    done.join(20)
+    assert not done.is_alive(), "share_samples blocked"
+    assert stat.S_IMODE(samples.stat().st_mode) == 0o750  # the group reads, never writes
+    for pull in ("p1", "p2", "p3"):
+        assert (samples / pull / "study" / "series").stat().st_gid == group
+    assert (samples / "p1" / "study" / "pipe").lstat().st_gid == group
+    assert (samples / "foreign" / "inner").stat().st_gid == 0  # not the gateway's: not walked
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another group needs root")
+def test_a_pull_written_across_the_hand_over_takes_the_new_group(tmp_path: Path, ct: Dataset) -> None:
+    """The project folder handed to its servers' group while a pull was being written (the
+    first server start): the commit gives the whole pull the new group."""
+    os.chown(tmp_path, -1, 0)
+    writer = PullWriter(tmp_path, "pull-across")
+    writer.write(instance(ct, "2.25.7", "2.25.71", "1"))
+    os.chown(tmp_path, -1, 65534)
+    delivery.share_samples(tmp_path, 65534)  # the spawner, meanwhile: skips the partial pull
+    final = writer.commit(HEADER)
+    assert {p.lstat().st_gid for p in [final, *final.rglob("*")]} == {65534}
+
+
 def test_remove_partials(tmp_path: Path) -> None:
     samples = tmp_path / "samples"
     (samples / ".partial-a" / "x" / "y").mkdir(parents=True)

@@ -190,3 +190,34 @@ def test_a_pull_made_before_the_first_server_start_is_readable_by_the_server() -
                                 capture_output=True, text=True, check=False, cwd="/")
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("file,sha256")
+
+
+def test_samples_is_never_writable_by_the_servers_whatever_the_hubs_umask() -> None:
+    """A review found a hub with umask 002 made samples 0775 and then gave it the servers'
+    group: a server could rename, replace or plant things among delivered pulls."""
+    if os.geteuid() != 0:
+        pytest.skip("switching accounts needs a root hub")
+    try:
+        pwd.getpwnam("workbench")
+    except KeyError:
+        pytest.skip("no 'workbench' account here (scripts/setup creates it)")
+    from jupyterhub.spawner import set_user_setuid
+
+    old_umask = os.umask(0o002)
+    try:
+        with tempfile.TemporaryDirectory(prefix="wb-local-") as where:
+            base = Path(where)
+            base.chmod(0o711)
+            spawner = make(base, server_user="workbench")
+            (base / "data").mkdir(mode=0o711)
+            spawner.selection = types.SimpleNamespace(project=types.SimpleNamespace(id="magi"))
+            spawner.prepare_project_dir()
+            samples = spawner.storage.project_dir("magi") / "samples"
+            assert samples.stat().st_mode & 0o777 == 0o750
+            planted = subprocess.run(["mkdir", str(samples / "planted")],
+                                     preexec_fn=set_user_setuid("workbench", chdir=False),
+                                     capture_output=True, text=True, check=False, cwd="/")
+            assert planted.returncode != 0 and not (samples / "planted").exists()
+    finally:
+        os.umask(old_umask)
+

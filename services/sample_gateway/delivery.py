@@ -189,6 +189,12 @@ class PullWriter:
         samples_fd, partial_fd = self._samples_fd, self._partial_fd
         if samples_fd is None or partial_fd is None:
             raise RuntimeError("this pull's folder was committed or aborted already")
+        # The project folder may have been handed to its servers' group while this pull was
+        # written (its first server start): its files take that group, not the one before.
+        group = os.stat(self.project_dir).st_gid
+        if group != self._group:
+            self._group = group
+            _regroup_tree(partial_fd, group)  # 0700 and the gateway's: nobody else is inside
         rows = sorted(self.rows, key=lambda r: (r.study_key, r.series_uid, _number(r.instance_number), r.sop_uid))
         manifest = {**header, "instances": [asdict(r) for r in rows]}
         table = io.StringIO(newline="")
@@ -292,15 +298,17 @@ def open_workspace_folder(project_dir: Path, folder: str, *, create: bool = True
 
 
 def share_samples(project_dir: Path, group: int, folder: str = "samples") -> int:
-    """Give ``samples`` and the pulls in it to the project's ``group`` (modes unchanged: the
-    group reads, nobody writes); returns how many folders and files changed group.
+    """Give ``samples`` and the pulls in it to the project's ``group``, readable and never
+    writable by it; returns how many folders and files changed group.
 
     A pull takes the project folder's group when it is made. One made before the project
     folder was handed to its servers' group (a pull before the project's first server start)
     would stay unreadable to them, and so would ``samples`` if the gateway made it then. The
     spawner calls this as it hands the project folder over. Only a ``samples`` owned by this
-    process's user (the gateway's, as the hub's) is walked, by descriptors, never through a
-    link; pulls still being written (``.partial-*``) are left to their commit."""
+    process's user (the gateway's, as the hub's) is touched, its group and others' write
+    bits cleared first; only pulls owned by that user are walked, by descriptors, opening
+    nothing but folders and never through a link; pulls still being written
+    (``.partial-*``) are left to their commit, which takes the group again."""
     try:
         samples_fd = open_workspace_folder(project_dir, folder, create=False)
     except FileNotFoundError:
@@ -311,26 +319,53 @@ def share_samples(project_dir: Path, group: int, folder: str = "samples") -> int
         if st.st_uid != os.geteuid():
             log.warning("%s/%s is not the gateway's: its pulls are left as they are", project_dir, folder)
             return 0
+        if stat.S_IMODE(st.st_mode) & 0o027:  # before the group: never writable by it
+            os.fchmod(samples_fd, stat.S_IMODE(st.st_mode) & ~0o027)
         if st.st_gid != group:
             os.fchown(samples_fd, -1, group)
             changed += 1
         for entry in os.scandir(samples_fd):
             if entry.name.startswith(".partial-") or not entry.is_dir(follow_symlinks=False):
                 continue
-            if entry.stat(follow_symlinks=False).st_gid == group:
-                continue
-            pull_fd = os.open(entry.name, _DIR_FLAGS, dir_fd=samples_fd)
             try:
-                for _, dirs, files, dir_fd in os.fwalk(".", dir_fd=pull_fd, follow_symlinks=False):
-                    for name in dirs + files:
-                        os.chown(name, -1, group, dir_fd=dir_fd, follow_symlinks=False)
-                        changed += 1
-                os.fchown(pull_fd, -1, group)
-                changed += 1
+                pull_fd = os.open(entry.name, _DIR_FLAGS | os.O_NONBLOCK, dir_fd=samples_fd)
+            except FileNotFoundError:  # removed meanwhile (a pull deleted through the gateway)
+                continue
+            try:
+                pull = os.fstat(pull_fd)
+                if pull.st_uid == os.geteuid() and pull.st_gid != group:
+                    changed += _regroup_tree(pull_fd, group)
+                    os.fchown(pull_fd, -1, group)
+                    changed += 1
             finally:
                 os.close(pull_fd)
     finally:
         os.close(samples_fd)
+    return changed
+
+
+def _regroup_tree(folder_fd: int, group: int) -> int:
+    """Give everything below the open folder ``group``: folders are opened with O_NOFOLLOW
+    and O_DIRECTORY (a link or a FIFO is never opened, so nothing blocks or leads out), the
+    rest changed where it lies, a link itself and not its target. Entries that vanish
+    meanwhile are skipped. Returns how many changed."""
+    changed = 0
+    for entry in os.scandir(folder_fd):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                sub_fd = os.open(entry.name, _DIR_FLAGS | os.O_NONBLOCK, dir_fd=folder_fd)
+                try:
+                    changed += _regroup_tree(sub_fd, group)
+                    if os.fstat(sub_fd).st_gid != group:
+                        os.fchown(sub_fd, -1, group)
+                        changed += 1
+                finally:
+                    os.close(sub_fd)
+            elif entry.stat(follow_symlinks=False).st_gid != group:
+                os.chown(entry.name, -1, group, dir_fd=folder_fd, follow_symlinks=False)
+                changed += 1
+        except FileNotFoundError:
+            continue
     return changed
 
 
