@@ -32,6 +32,7 @@ def test_gateway_benchmark_smoke() -> None:
         assert re.search(r"ceiling REST, stored\s+[\d.]+ s", section)
         assert re.search(r"share of the REST download written and synced .*: gateway workers=0 \d+%", section)
     assert "50 slices of 512x512 CT" in full_size and "26.3 MB" in full_size
+    assert re.search(r"full-size: de-identification alone, .* series memo \d+ files/s .* dicognito \d+", out)
     assert "70 % of the REST ceiling is" in out and "cine gateway: WADO-RS retrieval" in out
     assert re.search(r"ratio gateway, series memo / dicognito: [\d.]+x", out)
     assert "event loop thread:" in out and "de-identification thread:" in out
